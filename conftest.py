@@ -1,0 +1,3 @@
+"""Repository-level pytest configuration: the plugin tests drive pytest itself through ``pytester``."""
+
+pytest_plugins = ["pytester"]

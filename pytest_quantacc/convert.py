@@ -1,0 +1,276 @@
+"""Model conversion: the float reference model and ONNX Runtime static (QDQ) quantization.
+
+Artifacts land in a per-model work folder the user can open in Netron:
+
+- ``float.onnx``: the user's model after the float rewrites conversion applies before quantizing (ONNX
+  Runtime basic optimizations: constant folding, BatchNorm fused into Conv, ...), with every node named.
+  This, not the user's file, is the reference: it is the graph the quantizer sees.
+- ``fixed.onnx``: the QDQ model (QuantizeLinear/DequantizeLinear around each quantized tensor). Run with
+  optimizations disabled it is the fake-quant simulator; run with them on it is the deployable model.
+- ``offline.onnx``: what ONNX Runtime turns ``fixed.onnx`` into with all optimizations (fused integer
+  kernels such as QLinearConv), saved for inspection only.
+
+Each file is written to a temporary name and renamed, and ``manifest.json`` (last) records the content
+keys, so an interrupted run never leaves a half-written artifact that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from . import __version__
+from .data import Samples
+from .onnxgraph import input_infos, name_nodes
+from .spec import ModelSpec, Quantization
+
+_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    workdir: Path
+    float_model: Path
+    fixed_model: Path
+    offline_model: Path
+    log: tuple[str, ...] = ()  # what the quantizer warned about, for the report
+
+
+def _ort():
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+def _digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_key(model: Path) -> str:
+    """Model bytes plus any external-data files beside it, and the tool versions that shape the float model."""
+    ort = _ort()
+    parts = [_file_digest(model), ort.__version__, onnx.__version__, __version__]
+    proto = onnx.load(str(model), load_external_data=False)
+    locations = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
+    parts += [_file_digest(model.parent / loc) for loc in locations if (model.parent / loc).is_file()]
+    return _digest(*parts)
+
+
+def _data_key(path: Path) -> str:
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    return _digest(*[_file_digest(f) for f in files])
+
+
+def workdir_for(base: Path, mspec: ModelSpec) -> Path:
+    return base / f"{mspec.spec_path.stem}-{_digest(str(mspec.spec_path))[:6]}" / mspec.name
+
+
+def _atomic_save(model: onnx.ModelProto, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        large = model.ByteSize() > 1_900_000_000
+        onnx.save_model(model, tmp, save_as_external_data=large, location=f"{dest.name}.data" if large else None)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _read_manifest(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(workdir: Path, manifest: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".manifest.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    os.replace(tmp, workdir / "manifest.json")
+
+
+def load_onnx(mspec: ModelSpec) -> onnx.ModelProto:
+    """Load the user's model, or raise an input error saying why it is not a usable ONNX model."""
+    try:
+        return onnx.load(str(mspec.model))
+    except Exception as exc:  # protobuf's DecodeError, OSError, ... all mean "not a readable ONNX file"
+        raise mspec.error("model", f"{mspec.model.name} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def prepare_float(mspec: ModelSpec, base: Path) -> Path:
+    """Write (or reuse) ``float.onnx``: the model after ONNX Runtime's basic float rewrites, nodes named."""
+    workdir = workdir_for(base, mspec)
+    dest = workdir / "float.onnx"
+    key = _model_key(mspec.model)
+    manifest = _read_manifest(workdir)
+    if manifest.get("float") == key and dest.is_file():
+        return dest
+    ort = _ort()
+    load_onnx(mspec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir, prefix=".opt.") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        try:
+            ort.InferenceSession(str(mspec.model), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+            raise mspec.error("model", f"ONNX Runtime cannot load {mspec.model.name}: {_first_line(exc)}") from None
+        model = onnx.load(opts.optimized_model_filepath)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is best effort: the quantizer and our matching cope without it
+        pass
+    name_nodes(model)
+    _atomic_save(model, dest)
+    _write_manifest(workdir, {"float": key})
+    return dest
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Reader:
+    """ONNX Runtime's calibration reader protocol over our checked samples."""
+
+    def __init__(self, samples: Samples) -> None:
+        self._it = iter(samples)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+@contextmanager
+def _captured_logging():
+    """The quantizer reports through the root logger; keep it for the report instead of the terminal."""
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [_Keep()]
+    root.setLevel(logging.WARNING)
+    try:
+        yield records
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+
+
+def _check_names(mspec: ModelSpec, model: onnx.ModelProto, q: Quantization) -> None:
+    names = [n.name for n in model.graph.node]
+    known = set(names)
+    for i, node in enumerate(q.exclude_nodes):
+        if node not in known:
+            raise mspec.error(f"quantization.exclude_nodes[{i}]", f"no node named {node!r} in the model{_hint(node, names)}")
+    for o in q.overrides:
+        if o.node not in known:
+            raise mspec.error(f"quantization.overrides.{o.node}", f"no node named {o.node!r} in the model{_hint(o.node, names)}")
+
+
+def _hint(name: str, names: list[str]) -> str:
+    hits = difflib.get_close_matches(name, names, n=3)
+    return f" (close: {', '.join(hits)})" if hits else ""
+
+
+def _tensor_overrides(model: onnx.ModelProto, q: Quantization, qtype) -> dict:
+    """Per-node precision -> ONNX Runtime ``TensorQuantOverrides`` keyed by the node's tensors."""
+    by_name = {n.name: n for n in model.graph.node}
+    inits = {i.name for i in model.graph.initializer}
+    overrides: dict[str, list[dict]] = {}
+    for o in q.overrides:
+        node = by_name[o.node]
+        if o.activations:
+            for t in node.output:
+                if t:
+                    overrides[t] = [{"quant_type": getattr(qtype, _QUANT_TYPES[o.activations])}]
+        if o.weights:
+            for t in node.input[1:2]:
+                if t in inits:
+                    overrides[t] = [{"quant_type": getattr(qtype, _QUANT_TYPES[o.weights])}]
+    return overrides
+
+
+def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Path) -> Artifacts:
+    """Quantize ``float.onnx`` with the spec's settings (or reuse a matching earlier result)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    ort = _ort()
+    workdir = float_model.parent
+    q = mspec.quantization
+    fixed, offline = workdir / "fixed.onnx", workdir / "offline.onnx"
+    manifest = _read_manifest(workdir)
+    key = _digest(manifest.get("float", ""), _data_key(mspec.calibration.path), str(mspec.calibration.limit),
+                  json.dumps(asdict(q), sort_keys=True))
+    if manifest.get("fixed") == key and fixed.is_file() and offline.is_file():
+        return Artifacts(workdir, float_model, fixed, offline, tuple(manifest.get("log", ())))
+
+    model = onnx.load(str(float_model))
+    _check_names(mspec, model, q)
+    op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+    op_types = [t for t in op_types if t not in set(q.exclude_op_types)]
+    extra = {"TensorQuantOverrides": _tensor_overrides(model, q, QuantType)} if q.overrides else {}
+    if q.method == "percentile":
+        extra["CalibPercentile"] = q.percentile
+    with _captured_logging() as log, tempfile.TemporaryDirectory(dir=workdir, prefix=".q.") as tmp:
+        out = Path(tmp) / "fixed.onnx"
+        try:
+            quantize_static(
+                str(float_model), str(out), _Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                per_channel=q.per_channel,
+                reduce_range=q.reduce_range,
+                activation_type=getattr(QuantType, _QUANT_TYPES[q.activations]),
+                weight_type=getattr(QuantType, _QUANT_TYPES[q.weights]),
+                nodes_to_exclude=list(q.exclude_nodes),
+                calibrate_method=getattr(CalibrationMethod, _METHODS[q.method]),
+                extra_options=extra,
+            )
+        except Exception as exc:  # the quantizer raises many types; the user needs its words and our context
+            raise mspec.error("quantization", f"ONNX Runtime's quantizer failed: {type(exc).__name__}: "
+                              f"{_first_line(exc)}") from None
+        os.replace(out, fixed)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "offline.onnx")
+        ort.InferenceSession(str(fixed), opts, providers=["CPUExecutionProvider"])
+        os.replace(opts.optimized_model_filepath, offline)
+    logs = tuple(dict.fromkeys(m for m in log if "pre-processing" not in m))
+    _write_manifest(workdir, {**manifest, "fixed": key, "log": list(logs)})
+    return Artifacts(workdir, float_model, fixed, offline, logs)
+
+
+def model_inputs(float_model: Path):
+    return input_infos(onnx.load(str(float_model), load_external_data=False))

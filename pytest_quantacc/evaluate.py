@@ -1,0 +1,235 @@
+"""The engine: spec -> conversion -> simulation -> per-layer results, without pytest.
+
+``evaluate_model`` is what a pytest item asks for (once per model, shared by that model's items) and what a
+script calls directly. Samples stream through the sessions one at a time; only per-layer accumulators are
+kept, so memory does not grow with the number of evaluation samples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .convert import Artifacts, model_inputs, prepare_float, quantize
+from .data import Samples, load_samples
+from .diagnose import diagnose
+from .errors import QuantaccInputError
+from .match import Layer, float_layers, match_layers
+from .metrics import Accumulator, Agreement, AgreementAccumulator, Summary, tensor_metrics
+from .simulate import Runner
+from .spec import KnownBad, ModelSpec, Spec, Thresholds
+
+PASSED, FAILED, XFAILED, XPASSED, SKIPPED = "passed", "failed", "xfailed", "xpassed", "skipped"
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One compared tensor: where it is, its metrics over samples, and its outcome."""
+
+    layer: Layer
+    summary: Summary | None
+    thresholds: Thresholds
+    status: str
+    reason: str | None = None  # why skipped, or the known_bad reason
+    known_bad: KnownBad | None = None
+    inherited_from: str | None = None  # set by diagnosis when the failure comes from an upstream known_bad
+
+    @property
+    def breaks(self) -> bool:
+        """The metrics break the thresholds (whether or not the layer is known bad)."""
+        return self.status in (FAILED, XFAILED)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    reference: str
+    target: str
+    layers: tuple[LayerResult, ...]
+    first_diverging: LayerResult | None = None
+    diagnosis: object | None = None  # diagnose.Diagnosis, kept loose to avoid an import cycle
+
+    def get(self, tensor: str) -> LayerResult | None:
+        return next((r for r in self.layers if r.layer.tensor == tensor), None)
+
+
+@dataclass(frozen=True)
+class AgreementResult:
+    """Fixed vs offline agreement over every quantized tensor both expose."""
+
+    tensors: tuple[Agreement, ...]
+    tolerance_steps: int
+    max_mismatch_rate: float
+
+    @property
+    def worst(self) -> Agreement | None:
+        return max(self.tensors, key=lambda a: (a.mismatch_rate, a.max_steps), default=None)
+
+    @property
+    def passed(self) -> bool:
+        w = self.worst
+        return w is None or w.mismatch_rate <= self.max_mismatch_rate
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    spec: ModelSpec
+    artifacts: Artifacts | None = None
+    comparisons: tuple[Comparison, ...] = ()
+    agreement: AgreementResult | None = None
+    error: QuantaccInputError | None = None
+    quantized_layers: int = 0
+    samples: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def comparison(self, reference: str, target: str) -> Comparison | None:
+        return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)
+
+    @property
+    def status(self) -> str:
+        if self.error is not None or self.quantized_layers == 0:
+            return FAILED
+        failed = any(r.status == FAILED or (r.status == XPASSED and r.known_bad and r.known_bad.strict)
+                     for c in self.comparisons for r in c.layers)
+        if failed or (self.agreement is not None and not self.agreement.passed):
+            return FAILED
+        return PASSED
+
+
+def collect_layers(mspec: ModelSpec, base: Path) -> list[tuple[str, str, str]]:
+    """The float layers a spec model will be compared on (reads graphs only; runs nothing)."""
+    float_path = prepare_float(mspec, base)
+    return float_layers(onnx.load(str(float_path), load_external_data=False))
+
+
+def _status(summary: Summary, thresholds: Thresholds, known_bad: KnownBad | None) -> str:
+    ok = thresholds.passes(summary["cos"], summary["rmse"])
+    if known_bad is not None:
+        return XPASSED if ok else XFAILED
+    return PASSED if ok else FAILED
+
+
+def _finish(layers: list[Layer], accs: dict[str, Accumulator], skips: dict[str, str], mspec: ModelSpec,
+            reference: str, target: str) -> Comparison:
+    results = []
+    for layer in layers:
+        thresholds = mspec.thresholds_for(layer.name)
+        kb = mspec.known_bad_for(layer.name)
+        reason = layer.skip or skips.get(layer.tensor)
+        acc = accs.get(layer.tensor)
+        if reason or acc is None or acc.samples == 0:
+            results.append(LayerResult(layer, acc.summary() if acc and acc.samples else None, thresholds, SKIPPED,
+                                       reason or "no samples compared", kb))
+            continue
+        summary = acc.summary()
+        results.append(LayerResult(layer, summary, thresholds, _status(summary, thresholds, kb),
+                                   kb.reason if kb else None, kb))
+    first = next((r for r in results if r.breaks), None)
+    return Comparison(reference, target, tuple(results), first)
+
+
+def _compare(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f, q) -> None:
+    if tensor in skips:
+        return
+    if f is None or q is None:
+        skips[tensor] = "tensor not produced in one of the models"
+    elif not (np.issubdtype(f.dtype, np.floating) and np.issubdtype(q.dtype, np.floating)):
+        skips[tensor] = f"non-float output ({f.dtype}); not quantized"
+    elif f.shape != q.shape:
+        skips[tensor] = f"shapes differ: float {list(f.shape)} vs {list(q.shape)}"
+    else:
+        acc.setdefault(tensor, Accumulator()).add(tensor_metrics(f, q))
+
+
+def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResult:
+    """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised."""
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        float_path = prepare_float(mspec, base)
+        inputs = model_inputs(float_path)
+        calib = load_samples(mspec.calibration.path, mspec.calibration.limit, inputs, mspec.spec_path,
+                             f"{mspec.key}.calibration.data")
+        evals = calib if mspec.evaluation == mspec.calibration else load_samples(
+            mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
+        artifacts = quantize(mspec, float_path, calib, base)
+        seconds["convert"] = time.perf_counter() - t0
+    except QuantaccInputError as exc:
+        return ModelResult(mspec, error=exc, seconds=seconds)
+    t0 = time.perf_counter()
+    result = _simulate(mspec, artifacts, evals, threads)
+    seconds["simulate"] = time.perf_counter() - t0
+    return replace(result, seconds=seconds)
+
+
+def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) -> ModelResult:
+    float_model = onnx.load(str(art.float_model), load_external_data=False)
+    fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
+    layers = match_layers(float_model, fixed_model)
+    outputs = [o.name for o in float_model.graph.output]
+    out_ops = {t: (n.name, n.op_type) for n in float_model.graph.node for t in n.output}
+    modes = set(mspec.modes)
+    compared = [lay for lay in layers if lay.skip is None]
+    quantized = [lay for lay in layers if lay.quant_tensor]
+
+    float_run = Runner(art.float_model, [lay.tensor for lay in layers] + outputs, optimize=False, threads=threads)
+    fixed_run = offline_run = None
+    if "fixed" in modes:
+        wanted = [lay.fixed_tensor for lay in compared]
+        if "offline" in modes:
+            wanted += [lay.quant_tensor for lay in quantized]
+        fixed_run = Runner(art.fixed_model, wanted + outputs, optimize=False, threads=threads)
+    deployed_run = None
+    if "offline" in modes:
+        # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
+        # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
+        deployed_run = Runner(art.fixed_model, outputs, optimize=True, threads=threads)
+        if "fixed" in modes:
+            offline_run = Runner(art.fixed_model, [lay.quant_tensor for lay in quantized], optimize=True,
+                                 threads=threads)
+
+    fx_acc: dict[str, Accumulator] = {}
+    fx_skip: dict[str, str] = {}
+    off_acc: dict[str, Accumulator] = {}
+    off_skip: dict[str, str] = {}
+    agree = {lay.quant_tensor: AgreementAccumulator(lay.quant_tensor, mspec.offline.tolerance_steps)
+             for lay in quantized}
+    for sample in evals:
+        f = float_run.run(sample) if "float" in modes else {}
+        fx = fixed_run.run(sample) if fixed_run else {}
+        off = offline_run.run(sample) if offline_run else {}
+        deployed = deployed_run.run(sample) if deployed_run else {}
+        if f and fx:
+            for lay in compared:
+                _compare(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
+        if f and deployed:
+            for name in outputs:
+                _compare(off_acc, off_skip, name, f.get(name), deployed.get(name))
+        if fx and off:
+            for lay in quantized:
+                a, b = fx.get(lay.quant_tensor), off.get(lay.quant_tensor)
+                if a is not None and b is not None and a.shape == b.shape:
+                    agree[lay.quant_tensor].add(a, b)
+
+    comparisons = []
+    if "float" in modes and "fixed" in modes:
+        main = _finish(layers, fx_acc, fx_skip, mspec, "float", "fixed")
+        comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
+    if "float" in modes and "offline" in modes:
+        out_layers = [Layer(out_ops.get(t, (t, "Input"))[0], out_ops.get(t, (t, "Input"))[1], t, i)
+                      for i, t in enumerate(outputs)]
+        comparisons.append(_finish(out_layers, off_acc, off_skip, mspec, "float", "offline"))
+    agreement = None
+    if "fixed" in modes and "offline" in modes:
+        agreement = AgreementResult(tuple(a.result() for a in agree.values() if a.elements),
+                                    mspec.offline.tolerance_steps, mspec.offline.max_mismatch_rate)
+    return ModelResult(mspec, art, tuple(comparisons), agreement, quantized_layers=len(quantized),
+                       samples=len(evals))
+
+
+def evaluate(spec: Spec, base: Path, threads: int = 0) -> list[ModelResult]:
+    """Evaluate every valid model of a spec (entries that failed validation are in ``spec.broken``)."""
+    return [evaluate_model(m, base, threads) for m in spec.models]
