@@ -30,7 +30,7 @@ import onnx
 
 from . import __version__
 from .data import Samples
-from .onnxgraph import input_infos, name_nodes
+from .onnxgraph import consumers, input_infos, name_nodes
 from .spec import ModelSpec, Quantization
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
@@ -207,13 +207,18 @@ def _tensor_overrides(model: onnx.ModelProto, q: Quantization, qtype) -> dict:
     """Per-node precision -> ONNX Runtime ``TensorQuantOverrides`` keyed by the node's tensors."""
     by_name = {n.name: n for n in model.graph.node}
     inits = {i.name for i in model.graph.initializer}
+    users = consumers(model)
     overrides: dict[str, list[dict]] = {}
     for o in q.overrides:
         node = by_name[o.node]
         if o.activations:
             for t in node.output:
-                if t:
-                    overrides[t] = [{"quant_type": getattr(qtype, _QUANT_TYPES[o.activations])}]
+                # A Relu/Clip right after the node is folded into it by the quantizer, which then quantizes the
+                # activation's output in its place: the override must follow it there.
+                after = users.get(t, [])
+                folded = [after[0].output[0]] if len(after) == 1 and after[0].op_type in ("Relu", "Clip") else []
+                for name in [t, *folded] if t else []:
+                    overrides[name] = [{"quant_type": getattr(qtype, _QUANT_TYPES[o.activations])}]
         if o.weights:
             for t in node.input[1:2]:
                 if t in inits:
