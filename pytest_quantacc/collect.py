@@ -154,6 +154,8 @@ class ModelItem(pytest.Item):
         self.user_properties.extend(report.junit_properties(r))
         if r.status == SKIPPED:
             pytest.skip(r.reason)
+        if r.inherited_from is not None:
+            pytest.xfail(r.reason)
         if r.breaks:
             render = report.layer_failure if self.kind == "layer" else report.outputs_failure
             raise QuantaccFailure(render(result, comparison, r))

@@ -16,11 +16,11 @@ import onnx
 
 from .convert import Artifacts, model_inputs, prepare_float, quantize
 from .data import Samples, load_samples
-from .diagnose import diagnose
+from .diagnose import apply_inheritance, diagnose
 from .errors import QuantaccInputError
 from .match import Layer, float_layers, match_layers
 from .metrics import Accumulator, Agreement, AgreementAccumulator, Summary, tensor_metrics
-from .simulate import Runner
+from .simulate import Runner, isolate
 from .spec import KnownBad, ModelSpec, Spec, Thresholds
 
 PASSED, FAILED, XFAILED, XPASSED, SKIPPED = "passed", "failed", "xfailed", "xpassed", "skipped"
@@ -37,6 +37,7 @@ class LayerResult:
     reason: str | None = None  # why skipped, or the known_bad reason
     known_bad: KnownBad | None = None
     inherited_from: str | None = None  # set by diagnosis when the failure comes from an upstream known_bad
+    own: Summary | None = None  # the layer's own error: its quantized computation fed with float inputs
 
     @property
     def breaks(self) -> bool:
@@ -54,6 +55,10 @@ class Comparison:
 
     def get(self, tensor: str) -> LayerResult | None:
         return next((r for r in self.layers if r.layer.tensor == tensor), None)
+
+    def with_layers(self, layers: tuple[LayerResult, ...]) -> Comparison:
+        """The same comparison over updated layer results (the first diverging layer follows them)."""
+        return replace(self, layers=layers, first_diverging=next((r for r in layers if r.breaks), None))
 
 
 @dataclass(frozen=True)
@@ -217,17 +222,56 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) ->
     comparisons = []
     if "float" in modes and "fixed" in modes:
         main = _finish(layers, fx_acc, fx_skip, mspec, "float", "fixed")
+        if main.first_diverging is not None:
+            # Only a failing model pays for the second pass that separates own from inherited error.
+            main = _with_own_error(main, art, layers, evals, float_run, threads)
+            main = apply_inheritance(float_model, main)
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:
         out_layers = [Layer(out_ops.get(t, (t, "Input"))[0], out_ops.get(t, (t, "Input"))[1], t, i)
                       for i, t in enumerate(outputs)]
-        comparisons.append(_finish(out_layers, off_acc, off_skip, mspec, "float", "offline"))
+        outs = _finish(out_layers, off_acc, off_skip, mspec, "float", "offline")
+        if comparisons:
+            outs = _inherit_outputs(outs, comparisons[0])
+        comparisons.append(outs)
     agreement = None
     if "fixed" in modes and "offline" in modes:
         agreement = AgreementResult(tuple(a.result() for a in agree.values() if a.elements),
                                     mspec.offline.tolerance_steps, mspec.offline.max_mismatch_rate)
     return ModelResult(mspec, art, tuple(comparisons), agreement, quantized_layers=len(quantized),
                        samples=len(evals))
+
+
+def _inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
+    """An output that fails only because of an acknowledged known_bad layer upstream is xfailed, not red."""
+    layers = []
+    for r in outputs.layers:
+        twin = fixed.get(r.layer.tensor)
+        source = twin.inherited_from or (twin.layer.name if twin.known_bad else None) if twin else None
+        if r.status == FAILED and twin is not None and twin.status == XFAILED and source:
+            r = replace(r, status=XFAILED, inherited_from=source, reason=twin.reason)
+        layers.append(r)
+    return outputs.with_layers(tuple(layers))
+
+
+def _with_own_error(comparison: Comparison, art: Artifacts, layers: list[Layer], evals: Samples, float_run: Runner,
+                    threads: int) -> Comparison:
+    """Second pass: each quantized layer's own error, from the fixed model rewired to read float values."""
+    model, feeds, own_names = isolate(onnx.load(str(art.fixed_model)))
+    targets = [lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names]
+    if not targets or not set(feeds.values()) <= set(float_run.outputs):
+        return comparison
+    own_run = Runner(model, [own_names[lay.quant_tensor] for lay in targets], optimize=False, threads=threads,
+                     spill_dir=art.workdir)
+    accs: dict[str, Accumulator] = {lay.tensor: Accumulator() for lay in targets}
+    for sample in evals:
+        f = float_run.run(sample)
+        o = own_run.run({**{k: v for k, v in sample.items() if k in own_run.inputs},
+                         **{fed: f[name] for fed, name in feeds.items()}})
+        for lay in targets:
+            accs[lay.tensor].add(tensor_metrics(f[lay.tensor], o[own_names[lay.quant_tensor]]))
+    return comparison.with_layers(tuple(
+        replace(r, own=accs[r.layer.tensor].summary()) if r.layer.tensor in accs else r for r in comparison.layers))
 
 
 def evaluate(spec: Spec, base: Path, threads: int = 0) -> list[ModelResult]:

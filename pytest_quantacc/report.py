@@ -26,8 +26,10 @@ def _num(v: float | None, digits: int = 4) -> str:
 def _row(r: LayerResult, mark: bool) -> list[str]:
     s = r.summary
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
+    own = r.own
     return ["->" if mark else "", r.layer.name, r.layer.op_type, _num(s["cos"] if s else None),
-            _num(s["rmse"] if s else None), status]
+            _num(s["rmse"] if s else None), _num(own["cos"] if own else None), _num(own["rmse"] if own else None),
+            status]
 
 
 def layer_table(comparison: Comparison, around: LayerResult | None = None, context: int = 3) -> str:
@@ -36,8 +38,8 @@ def layer_table(comparison: Comparison, around: LayerResult | None = None, conte
     if around is not None and around in rows:
         i = rows.index(around)
         rows = rows[max(0, i - context): i + context + 1]
-    return tabulate([_row(r, r is around) for r in rows], headers=["", "layer", "op", "cos", "rmse", "status"],
-                    tablefmt="simple")
+    return tabulate([_row(r, r is around) for r in rows],
+                    headers=["", "layer", "op", "cos", "rmse", "own cos", "own rmse", "status"], tablefmt="simple")
 
 
 def _breaks(r: LayerResult) -> str:
@@ -143,6 +145,8 @@ def layer_json(r: LayerResult) -> dict:
     if r.summary is not None:
         d.update({k: _finite(r.summary.mean[k]) for k in NAMES})
         d["worst"] = {k: _finite(v) for k, v in r.summary.worst.items()}
+    if r.own is not None:
+        d["own_cos"], d["own_rmse"] = _finite(r.own["cos"]), _finite(r.own["rmse"])
     d["status"] = r.status
     if r.reason:
         d["reason"] = r.reason
@@ -171,7 +175,8 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
             "target": c.target,
             "first_diverging_layer": c.first_diverging.layer.name if c.first_diverging else None,
             "layers": [layer_json(r) for r in c.layers],
-            **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind, "why": list(c.diagnosis.why),
+            **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
+                              "contributors": list(c.diagnosis.contributors), "why": list(c.diagnosis.why),
                               "todo": list(c.diagnosis.todo)}} if c.diagnosis else {}),
         })
     if result.agreement is not None:
@@ -209,5 +214,7 @@ def junit_properties(r: LayerResult) -> list[tuple[str, object]]:
         props += [("quantacc.worst_cos", round(r.summary.worst["cos"], 6)),
                   ("quantacc.worst_rmse", round(r.summary.worst["rmse"], 6) if math.isfinite(r.summary.worst["rmse"])
                    else str(r.summary.worst["rmse"]))]
+    if r.own is not None:
+        props += [("quantacc.own_cos", round(r.own["cos"], 6)), ("quantacc.own_rmse", round(r.own["rmse"], 6))]
     props.append(("quantacc.status", r.status))
     return props

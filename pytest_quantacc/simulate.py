@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .onnxgraph import expose
+from .onnxgraph import elem_types, expose
 
 _PROTO_LIMIT = 1_900_000_000  # below protobuf's 2 GB message limit
 
@@ -26,23 +26,26 @@ _PROTO_LIMIT = 1_900_000_000  # below protobuf's 2 GB message limit
 class Runner:
     """One inference session over a model with extra tensors exposed; ``run`` returns them by name."""
 
-    def __init__(self, model_path: Path, tensors: Iterable[str], optimize: bool, threads: int = 0) -> None:
+    def __init__(self, model: onnx.ModelProto | Path, tensors: Iterable[str], optimize: bool, threads: int = 0,
+                 spill_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
-        model = onnx.load(str(model_path))
-        wanted = list(dict.fromkeys(tensors))
-        model = expose(model, wanted)
+        if isinstance(model, Path):
+            spill_dir = spill_dir or model.parent
+            model = onnx.load(str(model))
+        model = expose(model, list(dict.fromkeys(tensors)))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                          else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
         self.outputs = [o.name for o in model.graph.output]
+        self.inputs = [i.name for i in model.graph.input]
         if model.ByteSize() < _PROTO_LIMIT:
             self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         else:
             # Too large to pass as bytes: save beside the artifacts; kept while the session may map it.
-            self._tmp = tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".big.")
+            self._tmp = tempfile.TemporaryDirectory(dir=spill_dir, prefix=".big.")
             path = os.path.join(self._tmp.name, "model.onnx")
             onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
             self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
@@ -50,3 +53,58 @@ class Runner:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self.outputs, feeds)
         return dict(zip(self.outputs, values))
+
+
+_FLOAT_IN = "__quantacc_float"
+_OWN_OUT = "__quantacc_own"
+
+
+def isolate(fixed: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], dict[str, str]]:
+    """The fixed model rewired so that each quantized layer computes from the float model's values.
+
+    In a QDQ graph one QuantizeLinear serves two roles: it quantizes a layer's output and the next layer's
+    input. To measure a layer's *own* error (its quantized computation fed with float inputs), every
+    activation QuantizeLinear is made to read a new graph input carrying the float tensor, and a copy of the
+    Q/DQ pair is hung on the original tensor, so the copy's output is "this layer, quantized inputs from
+    float values, quantized output".
+
+    Returns the model, ``{new graph input: float tensor name}`` and ``{QuantizeLinear output: own tensor}``.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(fixed)
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    graph_inputs = {i.name for i in g.input}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            users.setdefault(t, []).append(n)
+    types = elem_types(model)
+    feeds: dict[str, str] = {}
+    own: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for q in list(g.node):
+        nodes.append(q)
+        x = q.input[0] if q.op_type == "QuantizeLinear" else ""
+        if not x or x in inits or x in graph_inputs:
+            continue
+        dqs = [d for d in users.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        if not dqs:
+            continue
+        q_copy, dq_copy = onnx.NodeProto(), onnx.NodeProto()
+        q_copy.CopyFrom(q)
+        dq_copy.CopyFrom(dqs[0])
+        q_copy.name, dq_copy.name = q.name + _OWN_OUT, dqs[0].name + _OWN_OUT
+        q_copy.output[0] = q.output[0] + _OWN_OUT
+        dq_copy.input[0] = q_copy.output[0]
+        dq_copy.output[0] = x + _OWN_OUT
+        nodes += [q_copy, dq_copy]  # right after the original Q, which already follows x's producer
+        own[q.output[0]] = dq_copy.output[0]
+        fed = x + _FLOAT_IN
+        q.input[0] = fed
+        if fed not in feeds:
+            feeds[fed] = x.removesuffix("_QuantizeLinear_Input")
+            g.input.append(onnx.helper.make_tensor_value_info(fed, types.get(x, onnx.TensorProto.FLOAT), None))
+    del g.node[:]
+    g.node.extend(nodes)
+    return model, feeds, own
