@@ -72,21 +72,42 @@ class SpecFile(pytest.File):
         try:
             spec = load_spec(self.path)
         except QuantaccInputError as exc:
-            raise self.CollectError(exc.message) from None
+            return [InputErrorItem.from_parent(self, name="spec", message=exc.message)]
         nodes = [(m.index, ModelNode.from_parent(self, name=m.name, mspec=m)) for m in spec.models]
         nodes += [(b.index, BrokenModel.from_parent(self, name=b.name, message=b.error.message)) for b in spec.broken]
         return [n for _, n in sorted(nodes, key=lambda x: x[0])]
 
 
+class InputErrorItem(pytest.Item):
+    """A failed test carrying an input problem (contract section 6).
+
+    A collection error would be the obvious shape, but pytest interrupts the whole session on one; a failed
+    item keeps every other spec and model running.
+    """
+
+    def __init__(self, *, message: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def runtest(self) -> None:
+        raise QuantaccFailure(self.message)
+
+    def repr_failure(self, excinfo, style=None):
+        return str(excinfo.value) if isinstance(excinfo.value, QuantaccFailure) else super().repr_failure(excinfo, style)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
 class BrokenModel(pytest.Collector):
-    """A model entry that failed validation: a collection error for it alone, the others still run."""
+    """A model entry that failed validation: one failing ``convert`` item for it, the others still run."""
 
     def __init__(self, *, message: str, **kwargs) -> None:
         super().__init__(**kwargs)
         self.message = message
 
     def collect(self):
-        raise self.CollectError(self.message)
+        return [InputErrorItem.from_parent(self, name="convert", message=self.message)]
 
 
 class ModelNode(pytest.Collector):
@@ -102,7 +123,7 @@ class ModelNode(pytest.Collector):
         try:
             float_path = prepare_float(m, run.base)
         except QuantaccInputError as exc:
-            raise self.CollectError(exc.message) from None
+            return [InputErrorItem.from_parent(self, name="convert", message=exc.message)]
         graph = onnx.load(str(float_path), load_external_data=False)
         items = [ModelItem.from_parent(self, name="convert", mspec=m, kind="convert")]
         modes = set(m.modes)

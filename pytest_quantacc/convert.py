@@ -73,7 +73,10 @@ def _model_key(model: Path) -> str:
     """Model bytes plus any external-data files beside it, and the tool versions that shape the float model."""
     ort = _ort()
     parts = [_file_digest(model), ort.__version__, onnx.__version__, __version__]
-    proto = onnx.load(str(model), load_external_data=False)
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # not ONNX: the key only has to differ; load_onnx reports the problem
+        return _digest(*parts)
     locations = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
     parts += [_file_digest(model.parent / loc) for loc in locations if (model.parent / loc).is_file()]
     return _digest(*parts)

@@ -64,10 +64,20 @@ def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
 
 def _read_npz(path: Path, fail) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise fail(f"cannot read {path.name} as a .npz file: {exc}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise fail(f"{path.name} holds a single .npy array, not a .npz archive of arrays named by model input")
+    try:
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # numpy raises zlib, format and attribute errors for damaged members
+        raise fail(f"cannot read {path.name} as a .npz file: {type(exc).__name__}: {exc}") from None
+    for k, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise fail(f"{path.name}: member {k!r} is not a numpy array")
+    return arrays
 
 
 def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], spec: Path, key: str) -> Samples:
@@ -127,6 +137,8 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
 def _check_array(arr: np.ndarray, info: InputInfo, file: Path, fail) -> tuple[np.ndarray, bool]:
     """Check one input's array of samples; returns it in the model's dtype and whether to add a batch axis."""
     where = f"{file.name}: array {info.name!r}"
+    if arr.ndim == 0:
+        raise fail(f"{where} is a single value; axis 0 must index samples (shape [N, ...])")
     if np.issubdtype(info.dtype, np.floating):
         if not (np.issubdtype(arr.dtype, np.floating)):
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}; "

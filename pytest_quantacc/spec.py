@@ -198,7 +198,7 @@ class _Node:
 
     def number(self, lo: float, hi: float) -> float:
         v = self.value
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and math.isnan(v)):
             raise self.fail(f"expected a number, got {_kind(v)}")
         if not lo <= v <= hi:
             raise self.fail(f"{v} is out of range [{lo}, {hi}]")
@@ -218,8 +218,13 @@ class _Node:
         return self.value
 
     def path(self, must_exist: bool = True) -> Path:
-        p = (self.spec.parent / self.string()).resolve()
-        if must_exist and not p.exists():
+        text = self.string()
+        try:
+            p = (self.spec.parent / text).resolve()
+            exists = p.exists()
+        except (OSError, ValueError) as exc:  # NUL bytes, names too long for the file system
+            raise self.fail(f"not a usable path ({exc})") from None
+        if must_exist and not exists:
             raise self.fail(f"file not found: {p}")
         return p
 
@@ -351,13 +356,13 @@ def load_spec(path: str | Path) -> Spec:
         raise QuantaccInputError(path, "", f"cannot read the spec: {exc}") from None
     try:
         raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise QuantaccInputError(path, "", f"not valid YAML: {exc}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise QuantaccInputError(path, "", f"not valid YAML: {exc or 'nested too deeply'}") from None
     root = _Node(path, "", raw)
     if not isinstance(raw, Mapping):
         raise root.fail(f"a spec is a mapping with keys 'quantacc' and 'models', got {_kind(raw)}")
     top = root.mapping(("quantacc", "defaults", "models"), required=("quantacc", "models"))
-    if top["quantacc"].value != SPEC_VERSION:
+    if type(top["quantacc"].value) is not int or top["quantacc"].value != SPEC_VERSION:
         raise top["quantacc"].fail(f"unsupported spec version {top['quantacc'].value!r}; this plugin reads version 1")
     defaults = top["defaults"].value if "defaults" in top else {}
     if defaults is not None and not isinstance(defaults, Mapping):
@@ -369,16 +374,17 @@ def load_spec(path: str | Path) -> Spec:
     broken: list[BrokenModel] = []
     seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
-        name = entry.value.get("name") if isinstance(entry.value, Mapping) else None
+        merged_value = _deep_merge(defaults or {}, entry.value) if isinstance(entry.value, Mapping) else entry.value
+        name = merged_value.get("name") if isinstance(merged_value, Mapping) else None
         label = name if isinstance(name, str) and name else f"models[{i}]"
         try:
             if not isinstance(entry.value, Mapping):
                 raise entry.fail(f"expected a mapping, got {_kind(entry.value)}")
             if label in seen:
-                raise entry.child("name").fail(f"duplicate model name {label!r} (also models[{seen[label]}])")
+                raise _Node(path, f"{entry.key}.name", name).fail(
+                    f"duplicate model name {label!r} (also models[{seen[label]}])")
             seen[label] = i
-            merged = _Node(path, entry.key, _deep_merge(defaults or {}, entry.value))
-            models.append(_model(merged, i, path))
+            models.append(_model(_Node(path, entry.key, merged_value), i, path))
         except QuantaccInputError as exc:
             broken.append(BrokenModel(i, label if label not in seen or seen[label] == i else f"models[{i}]", exc))
     return Spec(path=path, models=tuple(models), broken=tuple(broken))
