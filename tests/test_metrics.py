@@ -96,3 +96,13 @@ def test_agreement_counts_steps():
     assert r.mismatches == 3  # 3, 8 and 245 steps exceed 2
     assert r.histogram == {"0": 1, "1": 1, "2": 1, "3-4": 1, "5-8": 1, ">8": 1}
     assert r.mismatch_rate == pytest.approx(0.5)
+
+
+def test_large_tensor_spanning_many_blocks():
+    """Block-wise accumulation (several cache-sized blocks, a ragged last one) equals the direct formulas."""
+    rng = np.random.default_rng(3)
+    f = rng.standard_normal((3, 257, 311)).astype(np.float32)
+    q = (f + 0.003 * rng.standard_normal(f.shape)).astype(np.float32)
+    got, want = tensor_metrics(f, q), reference(f, q)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(float(v), rel=1e-10), k
