@@ -180,7 +180,11 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) ->
     compared = [lay for lay in layers if lay.skip is None]
     quantized = [lay for lay in layers if lay.quant_tensor]
 
-    float_run = Runner(art.float_model, [lay.tensor for lay in layers] + outputs, optimize=False, threads=threads)
+    # Expose only what is compared (and what the own-error pass feeds back): every extra output is a copy.
+    q_inputs = [n.input[0].removesuffix("_QuantizeLinear_Input") for n in fixed_model.graph.node
+                if n.op_type == "QuantizeLinear"]
+    float_run = Runner(art.float_model, [lay.tensor for lay in compared] + q_inputs + outputs, optimize=False,
+                       threads=threads)
     fixed_run = offline_run = None
     if "fixed" in modes:
         wanted = [lay.fixed_tensor for lay in compared]

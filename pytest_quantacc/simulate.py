@@ -38,6 +38,8 @@ class Runner:
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                          else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         opts.intra_op_num_threads = threads
+        # Spinning worker threads keep cores busy between runs, starving the metric code that runs there.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.outputs = [o.name for o in model.graph.output]
         self.inputs = [i.name for i in model.graph.input]
