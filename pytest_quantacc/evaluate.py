@@ -18,7 +18,7 @@ from .convert import Artifacts, model_inputs, prepare_float, quantize
 from .data import Samples, load_samples
 from .diagnose import apply_inheritance, diagnose
 from .errors import QuantaccInputError
-from .match import Layer, float_layers, match_layers
+from .match import Layer, match_layers
 from .metrics import Accumulator, Agreement, AgreementAccumulator, Summary, tensor_metrics
 from .simulate import Runner, isolate
 from .spec import KnownBad, ModelSpec, Spec, Thresholds
@@ -102,12 +102,6 @@ class ModelResult:
         if failed or (self.agreement is not None and not self.agreement.passed):
             return FAILED
         return PASSED
-
-
-def collect_layers(mspec: ModelSpec, base: Path) -> list[tuple[str, str, str]]:
-    """The float layers a spec model will be compared on (reads graphs only; runs nothing)."""
-    float_path = prepare_float(mspec, base)
-    return float_layers(onnx.load(str(float_path), load_external_data=False))
 
 
 def _status(summary: Summary, thresholds: Thresholds, known_bad: KnownBad | None) -> str:
