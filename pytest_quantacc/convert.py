@@ -30,7 +30,8 @@ import onnx
 
 from . import __version__
 from .data import Samples
-from .hardening import check_quantizable, explain_quantizer_failure, upgrade_opset, with_explanation
+from .hardening import (check_quantizable, explain_quantizer_failure, inherit_names, upgrade_opset,
+                        with_explanation)
 from .onnxgraph import consumers, input_infos, name_nodes
 from .spec import ModelSpec, Quantization
 
@@ -136,7 +137,7 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     if manifest.get("float") == key and dest.is_file():
         return dest
     ort = _ort()
-    load_onnx(mspec)
+    user = load_onnx(mspec)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".opt.") as tmp:
         opts = ort.SessionOptions()
@@ -156,6 +157,7 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is best effort: the quantizer and our matching cope without it
         pass
+    inherit_names(user, model)
     name_nodes(model)
     _atomic_save(model, dest)
     _write_manifest(workdir, {"float": key})

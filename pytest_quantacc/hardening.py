@@ -129,3 +129,21 @@ def with_explanation(error: QuantaccInputError, extra: str | None) -> QuantaccIn
     if not extra:
         return error
     return QuantaccInputError(error.spec, error.key, f"{error.problem.rstrip('.')}. {extra}")
+
+
+def inherit_names(user: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
+    """Name nodes the float rewrites left unnamed after the user's node that wrote the same tensor, in place.
+
+    ONNX Runtime inlines function ops it has no kernel for (HardSwish becomes HardSigmoid + Mul) and the new
+    nodes carry no name; without this the user's ``backbone/act1`` would be reported as ``Mul_1``. The node
+    that now writes the user's tensor takes the user's node name; names are never duplicated.
+    """
+    writer = {t: n.name for n in user.graph.node if n.name for t in n.output if t}
+    taken = {n.name for n in rewritten.graph.node if n.name}
+    for node in rewritten.graph.node:
+        if node.name:
+            continue
+        name = next((writer[t] for t in node.output if t in writer), None)
+        if name and name not in taken:
+            node.name = name
+            taken.add(name)
