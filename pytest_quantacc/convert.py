@@ -30,6 +30,8 @@ import onnx
 
 from . import __version__
 from .data import Samples
+from .hardening import (check_quantizable, explain_quantizer_failure, inherit_names, upgrade_opset,
+                        with_explanation)
 from .onnxgraph import consumers, input_infos, name_nodes
 from .spec import ModelSpec, Quantization
 
@@ -135,25 +137,39 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     if manifest.get("float") == key and dest.is_file():
         return dest
     ort = _ort()
-    load_onnx(mspec)
+    user = load_onnx(mspec)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".opt.") as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        if _has_external_data(mspec.model):
+            # ORT would point the optimized model's initializers at the user's side file by a relative path
+            # that does not resolve from the temporary folder; have it write its own side file there instead.
+            opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.onnx.data")
         try:
             ort.InferenceSession(str(mspec.model), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise mspec.error("model", f"ONNX Runtime cannot load {mspec.model.name}: {_first_line(exc)}") from None
         model = onnx.load(opts.optimized_model_filepath)
+    model = upgrade_opset(model)  # opset >= 13, so that per-channel QDQ is valid
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # shape inference is best effort: the quantizer and our matching cope without it
         pass
+    inherit_names(user, model)
     name_nodes(model)
     _atomic_save(model, dest)
     _write_manifest(workdir, {"float": key})
     return dest
+
+
+def _has_external_data(model: Path) -> bool:
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # unreadable models are reported by load_onnx
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -251,6 +267,7 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
     extra = {"TensorQuantOverrides": _tensor_overrides(model, q, QuantType)} if q.overrides else {}
     if q.method == "percentile":
         extra["CalibPercentile"] = q.percentile
+    check_quantizable(mspec, model, calibration, op_types)
     with _captured_logging() as log, tempfile.TemporaryDirectory(dir=workdir, prefix=".q.") as tmp:
         out = Path(tmp) / "fixed.onnx"
         try:
@@ -267,13 +284,18 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
                 extra_options=extra,
             )
         except Exception as exc:  # the quantizer raises many types; the user needs its words and our context
-            raise mspec.error("quantization", f"ONNX Runtime's quantizer failed: {type(exc).__name__}: "
-                              f"{_first_line(exc)}") from None
+            error = mspec.error("quantization", f"ONNX Runtime's quantizer failed: {type(exc).__name__}: "
+                                f"{_first_line(exc)}")
+            raise with_explanation(error, explain_quantizer_failure(mspec, model, calibration, exc)) from None
         os.replace(out, fixed)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.optimized_model_filepath = str(Path(tmp) / "offline.onnx")
-        ort.InferenceSession(str(fixed), opts, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(str(fixed), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # the quantizer wrote a model ONNX Runtime rejects: say so, not a traceback
+            raise mspec.error("quantization", f"ONNX Runtime cannot load the quantized model the quantizer wrote "
+                              f"({fixed.name}): {_first_line(exc)}") from None
         os.replace(opts.optimized_model_filepath, offline)
     logs = tuple(dict.fromkeys(m for m in log if "pre-processing" not in m))
     _write_manifest(workdir, {**manifest, "fixed": key, "log": list(logs)})
