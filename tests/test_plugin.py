@@ -184,3 +184,14 @@ def test_conversion_runs_once_per_model(project):
     mtime = fixed[0].stat().st_mtime_ns
     run(project, "quantacc.yaml").assert_outcomes(passed=11, skipped=3)
     assert fixed[0].stat().st_mtime_ns == mtime  # reused on a second run with unchanged inputs
+
+
+def test_plugin_import_is_light():
+    """pytest loads the plugin in every run; onnx, onnxruntime and numpy must wait for --quantacc."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_quantacc.plugin; "
+            "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
