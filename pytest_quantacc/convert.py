@@ -131,18 +131,27 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     workdir = workdir_for(base, mspec)
     dest = workdir / "float.onnx"
     key = _model_key(mspec.model)
+    if mspec.preprocess is not None:
+        key = _digest(key, mspec.preprocess.digest())
     manifest = _read_manifest(workdir)
     if manifest.get("float") == key and dest.is_file():
         return dest
     ort = _ort()
-    load_onnx(mspec)
+    user_model = load_onnx(mspec)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".opt.") as tmp:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        source = mspec.model
+        if mspec.preprocess is not None:  # deployment preprocessing folded in front (pipeline.py)
+            from .pipeline import fold
+
+            source = Path(tmp) / "folded.onnx"
+            onnx.save_model(fold(mspec.preprocess, user_model, lambda why: mspec.error("preprocess", why)),
+                            str(source))
         try:
-            ort.InferenceSession(str(mspec.model), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise mspec.error("model", f"ONNX Runtime cannot load {mspec.model.name}: {_first_line(exc)}") from None
         model = onnx.load(opts.optimized_model_filepath)
