@@ -140,15 +140,15 @@ def reference(p: Preprocess, raw: np.ndarray, mistake: Mistake | None = None) ->
     """What the folded nodes compute, in numpy; with ``mistake``, what a buggy preprocessing would compute."""
     mk = mistake or Mistake("none")
     x = raw.astype(np.float32) * np.float32(mk.pixel_scale)
+    if (p.color != p.model_color) != mk.swap_color:
+        x = np.flip(x, axis=p.layout.index("C"))  # in the raw layout, where hand-written code usually does it
     model_shape = tuple(np.transpose(x, _perm(p.layout, p.model_layout)).shape)
     if mk.wrong_layout:
+        other = "NHWC" if p.model_layout == "NCHW" else "NCHW"
         x = x.reshape(model_shape) if p.layout != p.model_layout else \
-            np.transpose(x, _perm(p.model_layout, "NHWC" if p.model_layout == "NCHW" else "NCHW")).reshape(model_shape)
+            np.transpose(x, _perm(p.layout, other)).reshape(model_shape)
     else:
         x = np.transpose(x, _perm(p.layout, p.model_layout))
-    axis = p.model_layout.index("C")
-    if (p.color != p.model_color) != mk.swap_color:
-        x = np.flip(x, axis=axis)
     mean, div = p.mean, p.std
     if mk.swap_mean_std and div is not None:
         mean, div = div, mean
