@@ -12,6 +12,7 @@ import shutil
 import textwrap
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from conftest import EXAMPLE, write_spec
@@ -65,7 +66,7 @@ def test_folded_nchw_float_input_with_scale(tmp_path):
     np.savez(tmp_path / "raw.npz", image=raw)
     sess, _, path = folded_session(tmp_path, {"input": "float32", "layout": "NCHW", "mean": 127.5,
                                               "scale": 0.0078125}, tmp_path / "raw.npz")
-    ops = [n.op_type for n in __import__("onnx").load(str(path)).graph.node[:2]]
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node[:2]]
     assert ops == ["Sub", "Mul"]  # no Cast, Transpose or Gather needed
     for x in raw[:4]:
         np.testing.assert_allclose(sess.run(None, {"image": x})[0], color_net((x - 127.5) * 0.0078125),
