@@ -31,7 +31,7 @@ from .errors import QuantaccInputError
 FORMATS = ("npy", "npz")
 LAYOUTS = ("nchw", "nhwc")
 DUMP_MODES = ("fixed",)
-PLACEHOLDERS = ("python", "model", "float_model", "inputs", "out", "spec_dir")
+PLACEHOLDERS = ("python", "model", "float_model", "calibration", "inputs", "out", "spec_dir")
 _INT_KINDS = "iu"
 
 

@@ -112,7 +112,7 @@ def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples
     write_inputs(evals, inputs)
     out.mkdir(parents=True)
     fields = {"python": sys.executable, "model": str(mspec.model), "float_model": str(float_path),
-              "inputs": str(inputs), "out": str(out), "spec_dir": str(mspec.spec_path.parent)}
+              "calibration": str(mspec.calibration.path), "inputs": str(inputs), "out": str(out), "spec_dir": str(mspec.spec_path.parent)}
     run = run_command(mspec, dspec.command, fields)
     if not any(out.iterdir()):
         raise mspec.error(dspec.command.key.removeprefix(f"{mspec.key}."),
@@ -150,4 +150,20 @@ def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: 
     missing = "no dumped tensor for this layer" + (f" in {folder}" if folder else "")
     skips.update({lay.tensor: missing for lay in layers if lay.tensor not in seen})
     comparison = finish(layers, accs, skips, mspec, "float", dspec.mode)
-    return replace(comparison, diagnosis=diagnose(float_model, comparison)), len(seen)
+    return replace(comparison, diagnosis=_vendor_todo(diagnose(float_model, comparison), comparison)), len(seen)
+
+
+def _vendor_todo(diagnosis, comparison):
+    """The diagnosis's advice in toolchain terms: the spec's quantization keys do not drive a vendor tool, and a
+    dump can be misread (a wrong scale keeps cos near 1 while rmse grows)."""
+    if diagnosis is None:
+        return None
+    first = comparison.first_diverging
+    todo = [f"in the toolchain, raise {first.layer.name} (or its inputs: {', '.join(diagnosis.inputs) or 'none'}) "
+            f"to 16 bits, or try another calibration method / per-channel weights",
+            f"check how the dump of {first.layer.tensor} is read: names, layout, crop_channels, and its "
+            f"dequantize scale and zero point"]
+    if first.summary["cos"] >= first.thresholds.cos:
+        todo.insert(0, f"cos {first.summary['cos']:.4f} is fine but rmse is not: the values are proportional, "
+                       f"which points at a wrong dequantization scale for {first.layer.tensor}")
+    return replace(diagnosis, todo=tuple(todo))

@@ -115,7 +115,8 @@ def model_summary(result: ModelResult) -> str:
     name = f"{result.spec.name} ({result.spec.spec_path.name})"
     if result.error is not None:
         return f"{name}: ERROR {result.error.message}"
-    lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} quantized tensors, {result.samples} samples"]
+    compared = "dumped tensors compared" if result.spec.dumps else "quantized tensors"
+    lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
     if result.pipeline is not None:
         p = result.pipeline
         fits = [x.mistake for x in p.suspects if x.fits]

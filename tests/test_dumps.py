@@ -19,6 +19,7 @@ from conftest import EXAMPLE, write_spec
 from onnx import helper
 
 from pytest_quantacc.evaluate import evaluate_model
+from pytest_quantacc.report import model_json
 from pytest_quantacc.spec import load_spec
 
 NAMES = {r"re:\d{3}_(.+)": r"\1"}
@@ -91,6 +92,7 @@ def test_a_broken_dumped_layer_fails_and_is_first_diverging(tmp_path, dumps):
     assert fx.first_diverging.layer.name == "relu3"
     assert fx.get("relu3_out").status == "failed" and fx.get("relu2_out").status == "passed"
     assert fx.diagnosis is not None and fx.diagnosis.layer == "relu3"
+    assert any("in the toolchain, raise relu3" in t for t in fx.diagnosis.todo)
     known = evaluate(tmp_path, entry(vendor(dumps), known_bad=[{"layer": "relu3", "reason": "sim bug"}]))
     assert known.comparison("float", "fixed").get("relu3_out").status == "xfailed"
 
@@ -115,6 +117,16 @@ def test_npz_format_float_dumps_named_by_node(tmp_path, dumps):
     for tensor in ("relu1_out", "relu2_out", "logits"):
         assert result.comparison("float", "fixed").get(tensor).summary["cos"] == pytest.approx(
             ref.comparison("float", "fixed").get(tensor).summary["cos"], abs=1e-6)
+
+
+def test_a_wrong_scale_is_pointed_at(tmp_path, dumps):
+    qp = json.loads((dumps / "qparams.json").read_text())
+    qp["001_relu2_out"]["scale"] *= 1.5
+    (dumps / "qparams.json").write_text(json.dumps(qp))
+    fx = evaluate(tmp_path, entry(vendor(dumps))).comparison("float", "fixed")
+    r = fx.get("relu2_out")
+    assert fx.first_diverging is r and r.summary["cos"] > 0.999 and r.summary["rmse"] > 0.4
+    assert "wrong dequantization scale for relu2_out" in fx.diagnosis.todo[0]
 
 
 def test_per_channel_dequantization_from_the_spec(tmp_path):
@@ -191,11 +203,13 @@ def command_entry(command, **cfg) -> dict:
 
 def test_command_backend_runs_a_real_subprocess(tmp_path):
     script = str(EXAMPLE / "make_dumps.py")
-    cmd = ["{python}", script, "--model", "{model}", "--inputs", "{inputs}", "--out", "{out}"]
+    cmd = ["{python}", script, "--model", "{model}", "--calib", "{calibration}", "--inputs", "{inputs}", "--out", "{out}"]
     result = evaluate(tmp_path, command_entry(cmd, timeout=120))
     assert result.error is None and result.status == "passed"
     assert result.command.returncode == 0 and "dumped 7 tensors x 4 samples" in result.command.stdout
+    assert model_json(result)["command"]["argv"] == list(result.command.argv)
     assert result.command.argv[0] == sys.executable
+    assert result.command.argv[5] == str(EXAMPLE / "data" / "calib.npz")
     assert result.comparison("float", "fixed").get("relu2_out").summary.samples == 4
     # the string form is split before substitution: a spec folder with a space stays one argument
     spaced = tmp_path / "with space"
