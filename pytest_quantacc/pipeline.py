@@ -39,7 +39,6 @@ class Preprocess:
     after reordering ``layout`` -> ``model_layout`` and ``color`` -> ``model_color``. mean/std/scale are per
     channel in the model's channel order (one value: all channels)."""
 
-    key: str
     input: str = "uint8"
     layout: str = "NHWC"
     model_layout: str = "NCHW"
@@ -85,7 +84,6 @@ def parse_preprocess(node) -> Preprocess:
         hook = type(m["hook"])(m["hook"].spec, m["hook"].key, file).path()
     color = m["color"].choice(COLORS) if "color" in m else "RGB"
     return Preprocess(
-        key=node.key,
         input=m["input"].choice(RAW_TYPES) if "input" in m else "uint8",
         layout=m["layout"].choice(LAYOUTS) if "layout" in m else "NHWC",
         model_layout=m["model_layout"].choice(LAYOUTS) if "model_layout" in m else "NCHW",
