@@ -6,7 +6,7 @@ alignment (16 or 32), and values are the integers the chip computes. This module
 float tensors shaped like the float model's, so the usual layer-by-layer gate applies unchanged:
 
 1. name: dump tensor name -> float-model tensor name (exact, glob, or ``re:`` regex with ``\\1`` groups),
-2. layout: NHWC -> NCHW (channels-last to channels-first) for tensors of rank 3 and more,
+2. layout: NHWC -> NCHW (channels-last dumps, channels-first model; or the reverse) for rank 3 and more,
 3. alignment: the padded channel dimension cropped to the float tensor's size (``crop_channels``),
 4. dequantization of integer dumps: ``(q - zero_point) * scale``, per tensor, from the spec or a file.
 
@@ -76,7 +76,8 @@ class DumpSpec:
     path: Path | None  # None: the command writes into the work folder
     format: str = "npy"
     names: tuple[tuple[str, str], ...] = ()  # (dump name pattern, float tensor name)
-    layout: str = "nchw"
+    layout: str = "nchw"  # of the dumps
+    model_layout: str = "nchw"  # of the float model's tensors
     crop_channels: bool = False
     dequantize: Dequantize = Dequantize()
     command: Command | None = None
@@ -185,7 +186,7 @@ def parse_dumps(node) -> tuple[DumpSpec, ...]:
     modes = node.mapping(DUMP_MODES)
     specs = []
     for mode, mn in modes.items():
-        keys = ("path", "format", "names", "layout", "crop_channels", "dequantize", "command", "timeout")
+        keys = ("path", "format", "names", "layout", "model_layout", "crop_channels", "dequantize", "command", "timeout")
         m = mn.mapping(keys)
         if "command" not in m and "path" not in m:
             raise mn.fail("give 'path' (a folder of dumps) or 'command' (a tool that writes them)")
@@ -201,6 +202,7 @@ def parse_dumps(node) -> tuple[DumpSpec, ...]:
             format=m["format"].choice(FORMATS) if "format" in m else "npy",
             names=_names(m["names"]) if "names" in m else (),
             layout=m["layout"].choice(LAYOUTS) if "layout" in m else "nchw",
+            model_layout=m["model_layout"].choice(LAYOUTS) if "model_layout" in m else "nchw",
             crop_channels=m["crop_channels"].boolean() if "crop_channels" in m else False,
             dequantize=deq,
             command=_command(m["command"], m.get("timeout")) if "command" in m else None,
@@ -292,32 +294,34 @@ class DumpReader:
         d = self.dspec
         if not (arr.dtype.kind in _INT_KINDS or arr.dtype.kind == "f"):
             raise self.fail(f"{label}: dtype {arr.dtype} is not supported (integer or float dumps only)")
-        if d.layout == "nhwc" and arr.ndim >= 3:
-            arr = np.moveaxis(arr, -1, 1)
         if arr.ndim == len(shape) - 1 and shape and shape[0] == 1:
             arr = arr[None]  # a dump without the batch axis
-        if d.crop_channels and arr.ndim == len(shape) and arr.ndim >= 2 and arr.shape[1] > shape[1] \
-                and arr.shape[:1] + arr.shape[2:] == shape[:1] + shape[2:]:
-            arr = arr[:, :shape[1]]
+        if arr.ndim >= 3 and d.layout != d.model_layout:
+            arr = np.moveaxis(arr, -1, 1) if d.layout == "nhwc" else np.moveaxis(arr, 1, -1)
+        ch = 1 if d.model_layout == "nchw" or arr.ndim < 3 else arr.ndim - 1  # the channel axis
+        if d.crop_channels and arr.ndim == len(shape) and arr.ndim >= 2 and arr.shape[ch] > shape[ch] \
+                and all(a == s for i, (a, s) in enumerate(zip(arr.shape, shape)) if i != ch):
+            arr = arr[(slice(None),) * ch + (slice(0, shape[ch]),)]
         if arr.shape != tuple(shape):
-            how = f"layout {d.layout}" + (", channels cropped" if d.crop_channels else "")
+            how = f"layout {d.layout}" + (f" to {d.model_layout}" if d.model_layout != "nchw" else "") + (
+                ", channels cropped" if d.crop_channels else "")
             raise self.fail(f"{label}: dumped shape {list(arr.shape)} ({how}) does not fit the float tensor "
-                            f"{tensor} {list(shape)}" + ("" if d.crop_channels or d.layout == "nhwc" else
+                            f"{tensor} {list(shape)}" + ("" if d.crop_channels or d.layout != d.model_layout else
                                                          "; set layout: nhwc and/or crop_channels: true?"))
         if arr.dtype.kind in _INT_KINDS:
             qp = d.dequantize.for_tensor(dump_name, tensor)
             if qp is None:
                 raise self.fail(f"{label}: integer dump ({arr.dtype}) but no scale/zero_point for it under "
                                 f"dequantize (by default, in tensors, or in file)")
-            return _dequantize_array(arr, qp, label, self.fail)
+            return _dequantize_array(arr, qp, ch, label, self.fail)
         return arr.astype(np.float32, copy=False)
 
 
-def _dequantize_array(arr: np.ndarray, qp: QuantParams, label: str, fail) -> np.ndarray:
-    channels = arr.shape[1] if arr.ndim >= 2 else 1
+def _dequantize_array(arr: np.ndarray, qp: QuantParams, ch: int, label: str, fail) -> np.ndarray:
+    channels = arr.shape[ch] if arr.ndim >= 2 else 1
     view = [1] * arr.ndim
     if arr.ndim >= 2:
-        view[1] = -1
+        view[ch] = -1
     params = []
     for values, name in ((qp.scale, "scale"), (qp.zero_point, "zero_point")):
         v = np.asarray(values, dtype=np.float64)
@@ -326,7 +330,7 @@ def _dequantize_array(arr: np.ndarray, qp: QuantParams, label: str, fail) -> np.
         elif v.size == channels:
             params.append(v.reshape(view))
         else:
-            raise fail(f"{label}: {v.size} {name} values, but the tensor has {channels} channels (axis 1)")
+            raise fail(f"{label}: {v.size} {name} values, but the tensor has {channels} channels (axis {ch})")
     scale, zp = params
     return ((arr.astype(np.float64) - zp) * scale).astype(np.float32)
 

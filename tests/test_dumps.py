@@ -142,7 +142,40 @@ def test_per_channel_dequantization_from_the_spec(tmp_path):
     r = result.comparison("float", "fixed").get("relu1_out")
     assert r.status == "passed" and r.summary["cos"] > 0.9999
     wrong = evaluate(tmp_path, entry({"path": str(out), "dequantize": {"scale": [0.1, 0.2]}}))
-    assert "2 scale values, but the tensor has 8 channels" in wrong.error.message
+    assert "2 scale values, but the tensor has 8 channels (axis 1)" in wrong.error.message
+
+
+def test_dumps_without_batch_axis(tmp_path, dumps):
+    for i in range(N):
+        for f in (dumps / f"sample_{i}").glob("*.npy"):
+            np.save(f, np.load(f)[0])  # [8, 8, 16] HWC, [256], ...
+    result = evaluate(tmp_path, entry(vendor(dumps)))
+    assert result.status == "passed", result.error
+    assert result.comparison("float", "fixed").get("relu1_out").summary.samples == N
+
+
+def test_channels_last_model_with_channels_first_padded_dumps(tmp_path):
+    """A TensorFlow-style NHWC model; the dumps are NCHW, channels padded 3 -> 8, per-channel int8."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 4, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 4, 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="act")], "nhwc", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "nhwc.onnx")
+    data = np.random.default_rng(1).normal(0, 1, (4, 1, 4, 4, 3)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=data)
+    scale = np.array([0.03, 0.04, 0.05])  # 127 steps cover the data
+    for i, v in enumerate(data):
+        q = np.round(np.maximum(v, 0) / scale).astype(np.int8).transpose(0, 3, 1, 2)  # NCHW [1, 3, 4, 4]
+        (tmp_path / "d" / f"{i}").mkdir(parents=True)
+        np.save(tmp_path / "d" / f"{i}" / "act.npy", np.pad(q, [(0, 0), (0, 5), (0, 0), (0, 0)]))
+    cfg = {"path": str(tmp_path / "d"), "layout": "nchw", "model_layout": "nhwc", "crop_channels": True,
+           "dequantize": {"tensors": {"act": {"scale": scale.tolist()}}}}
+    e = {"name": "m", "model": str(tmp_path / "nhwc.onnx"), "calibration": {"data": str(tmp_path / "x.npz")},
+         "dumps": {"fixed": cfg}}
+    result = evaluate(tmp_path, e)
+    r = result.comparison("float", "fixed").get("y")
+    assert r.status == "passed" and r.summary["cos"] > 0.9999 and r.summary.samples == 4
 
 
 @pytest.mark.parametrize("setup, expected", [
