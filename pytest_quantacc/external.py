@@ -11,8 +11,9 @@ diagnosis), except that there is no "own error" second pass: that needs a model 
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import subprocess
+import tempfile
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -84,35 +85,39 @@ def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0):
                              f"{mspec.key}.evaluation.data" if mspec.evaluation != mspec.calibration
                              else f"{mspec.key}.calibration.data")
         dspec = mspec.dumps[0]
-        folder = dspec.path
-        if dspec.command is not None:
-            folder, command = _produce(mspec, dspec, float_path, evals)
-            if dspec.qparams_in_out:
-                extra = read_qparams_file(folder / dspec.qparams_in_out,
-                                          lambda why: QuantaccInputError(mspec.spec_path, f"{dspec.key}.dequantize.file", why))
-                dspec = replace(dspec, dequantize=replace(dspec.dequantize,
-                                                          tensors=dspec.dequantize.tensors + extra))
-        seconds["convert"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = _compare_dumps(mspec, dspec, folder, float_path, evals, threads, _compare, _finish)
-        seconds["simulate"] = time.perf_counter() - t0
+        # A command writes into a fresh folder of its own per run: pytest-xdist workers may evaluate the same
+        # model at the same time, and stale dumps from an earlier run must never be read. Removed after reading.
+        scratch = (tempfile.TemporaryDirectory(dir=float_path.parent, prefix=f".command-{dspec.mode}.")
+                   if dspec.command is not None else contextlib.nullcontext(None))
+        with scratch as run_dir:
+            folder = dspec.path
+            if run_dir is not None:
+                folder, command = _produce(mspec, dspec, float_path, evals, Path(run_dir))
+                if dspec.qparams_in_out:
+                    extra = read_qparams_file(folder / dspec.qparams_in_out, lambda why: QuantaccInputError(
+                        mspec.spec_path, f"{dspec.key}.dequantize.file", why))
+                    dspec = replace(dspec, dequantize=replace(dspec.dequantize,
+                                                              tensors=dspec.dequantize.tensors + extra))
+            seconds["convert"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            comparison, compared = _compare_dumps(mspec, dspec, folder, float_path, evals, threads, _compare,
+                                                  _finish)
+            seconds["simulate"] = time.perf_counter() - t0
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds, command=command)
-    comparison, compared = result
     return ModelResult(mspec, None, (comparison,), None, quantized_layers=compared, samples=len(evals),
                        seconds=seconds, command=command)
 
 
-def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples) -> tuple[Path, CommandRun]:
-    """Write the inputs, run the command into a fresh folder of our own, check it wrote something."""
-    work = float_path.parent
-    inputs, out = work / "command_inputs", work / "dumps" / dspec.mode
-    for folder in (inputs, out):  # ours, in the work folder: stale files from an earlier run must not be read
-        shutil.rmtree(folder, ignore_errors=True)
+def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples,
+             run_dir: Path) -> tuple[Path, CommandRun]:
+    """Write the inputs, run the command into an empty folder, check it wrote something."""
+    inputs, out = run_dir / "inputs", run_dir / "out"
     write_inputs(evals, inputs)
-    out.mkdir(parents=True)
+    out.mkdir()
     fields = {"python": sys.executable, "model": str(mspec.model), "float_model": str(float_path),
-              "calibration": str(mspec.calibration.path), "inputs": str(inputs), "out": str(out), "spec_dir": str(mspec.spec_path.parent)}
+              "calibration": str(mspec.calibration.path), "inputs": str(inputs), "out": str(out),
+              "spec_dir": str(mspec.spec_path.parent)}
     run = run_command(mspec, dspec.command, fields)
     if not any(out.iterdir()):
         raise mspec.error(dspec.command.key.removeprefix(f"{mspec.key}."),

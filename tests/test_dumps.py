@@ -244,6 +244,7 @@ def test_command_backend_runs_a_real_subprocess(tmp_path):
     assert result.command.argv[0] == sys.executable
     assert result.command.argv[5] == str(EXAMPLE / "data" / "calib.npz")
     assert result.comparison("float", "fixed").get("relu2_out").summary.samples == 4
+    assert not list((tmp_path / "work").rglob(".command-*"))  # the run's inputs and dumps are cleaned up
     # the string form is split before substitution: a spec folder with a space stays one argument
     spaced = tmp_path / "with space"
     text = f"{{python}} {script} --model {{model}} --inputs {{inputs}} --out {{out}}"
