@@ -127,6 +127,8 @@ class ModelNode(pytest.Collector):
         graph = onnx.load(str(float_path), load_external_data=False)
         items = [ModelItem.from_parent(self, name="convert", mspec=m, kind="convert")]
         modes = set(m.modes)
+        if {"original", "float"} <= modes:
+            items.append(ModelItem.from_parent(self, name="original-vs-float", mspec=m, kind="original"))
         if {"float", "fixed"} <= modes:
             layers = float_layers(graph)
             multi = {n for n, _, _ in layers if sum(1 for x, _, _ in layers if x == n) > 1}
@@ -161,6 +163,9 @@ class ModelItem(pytest.Item):
             return
         if result.error is not None:
             pytest.skip(f"conversion failed (see {self.mspec.name}::convert)")
+        if self.kind == "original":
+            self._original(result)
+            return
         if result.quantized_layers == 0:
             pytest.skip(f"nothing was quantized (see {self.mspec.name}::convert)")
         if self.kind == "agreement":
@@ -192,6 +197,15 @@ class ModelItem(pytest.Item):
                 f"{self.mspec.spec_path}: {self.mspec.key}.quantization: ONNX Runtime's quantizer quantized no "
                 f"tensor of {self.mspec.model.name}; a model with zero quantized layers cannot be checked. Look for "
                 f"ops it does not quantize, everything excluded, or computation hidden inside If/Loop subgraphs.")
+
+    def _original(self, result: ModelResult) -> None:
+        """The user's model on the user's preprocessing agrees with the folded float model (pipeline.py)."""
+        from .pipeline import pipeline_text
+
+        p = result.pipeline
+        self.user_properties += [(f"quantacc.original_cos[{name}]", round(s["cos"], 8)) for name, s in p.outputs]
+        if not p.passed:
+            raise QuantaccFailure(pipeline_text(self.mspec.name, p))
 
     def _agreement(self, result: ModelResult) -> None:
         a = result.agreement

@@ -133,6 +133,8 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     workdir = workdir_for(base, mspec)
     dest = workdir / "float.onnx"
     key = _model_key(mspec.model)
+    if mspec.preprocess is not None:
+        key = _digest(key, mspec.preprocess.digest())
     manifest = _read_manifest(workdir)
     if manifest.get("float") == key and dest.is_file():
         return dest
@@ -147,8 +149,14 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
             # ORT would point the optimized model's initializers at the user's side file by a relative path
             # that does not resolve from the temporary folder; have it write its own side file there instead.
             opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.onnx.data")
+        source = mspec.model
+        if mspec.preprocess is not None:  # deployment preprocessing folded in front (pipeline.py)
+            from .pipeline import fold
+
+            source = Path(tmp) / "folded.onnx"
+            onnx.save_model(fold(mspec.preprocess, user, lambda why: mspec.error("preprocess", why)), str(source))
         try:
-            ort.InferenceSession(str(mspec.model), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(source), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise mspec.error("model", f"ONNX Runtime cannot load {mspec.model.name}: {_first_line(exc)}") from None
         model = onnx.load(opts.optimized_model_filepath)

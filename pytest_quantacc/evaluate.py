@@ -89,6 +89,8 @@ class ModelResult:
     quantized_layers: int = 0
     samples: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    command: object | None = None  # external.CommandRun of a dump-writing command
+    pipeline: object | None = None  # pipeline.PipelineResult of mode original
 
     def comparison(self, reference: str, target: str) -> Comparison | None:
         return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)
@@ -99,6 +101,8 @@ class ModelResult:
             return FAILED
         failed = any(r.status == FAILED or (r.status == XPASSED and r.known_bad and r.known_bad.strict)
                      for c in self.comparisons for r in c.layers)
+        if self.pipeline is not None and not self.pipeline.passed:
+            return FAILED
         if failed or (self.agreement is not None and not self.agreement.passed):
             return FAILED
         return PASSED
@@ -145,6 +149,10 @@ def _compare(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f,
 
 def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResult:
     """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised."""
+    if mspec.dumps:
+        from .external import evaluate_dumps
+
+        return evaluate_dumps(mspec, base, threads)
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -161,6 +169,13 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResul
     t0 = time.perf_counter()
     result = _simulate(mspec, artifacts, evals, threads)
     seconds["simulate"] = time.perf_counter() - t0
+    if "original" in mspec.modes:
+        from .pipeline import check_pipeline
+
+        try:
+            result = replace(result, pipeline=check_pipeline(mspec, artifacts.float_model, evals, threads))
+        except QuantaccInputError as exc:
+            return ModelResult(mspec, artifacts, error=exc, seconds=seconds)
     return replace(result, seconds=seconds)
 
 

@@ -115,7 +115,13 @@ def model_summary(result: ModelResult) -> str:
     name = f"{result.spec.name} ({result.spec.spec_path.name})"
     if result.error is not None:
         return f"{name}: ERROR {result.error.message}"
-    lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} quantized tensors, {result.samples} samples"]
+    compared = "dumped tensors compared" if result.spec.dumps else "quantized tensors"
+    lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
+    if result.pipeline is not None:
+        p = result.pipeline
+        fits = [x.mistake for x in p.suspects if x.fits]
+        lines.append(f"  original vs float: {'passed' if p.passed else 'FAILED'}; worst output cos "
+                     f"{min(s['cos'] for _, s in p.outputs):.6f}" + (f"; fits: {', '.join(fits)}" if fits else ""))
     for c in result.comparisons:
         counts: dict[str, int] = {}
         for r in c.layers:
@@ -168,6 +174,16 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
         out["error"] = result.error.message
     if result.artifacts is not None:
         out["artifacts"] = str(result.artifacts.workdir)
+    if result.command is not None:
+        c = result.command
+        out["command"] = {"argv": list(c.argv), "returncode": c.returncode, "seconds": round(c.seconds, 3),
+                          "stdout_tail": c.stdout, "stderr_tail": c.stderr}
+    if result.pipeline is not None:
+        p = result.pipeline
+        out["pipeline"] = {"status": PASSED if p.passed else FAILED, "cos_threshold": p.cos,
+                           "outputs": [{"tensor": n, "cos": _finite(s["cos"]), "rmse": _finite(s["rmse"]),
+                                        "worst_cos": _finite(s.worst["cos"])} for n, s in p.outputs],
+                           "suspects": [{"mistake": x.mistake, "cos": x.cos, "fits": x.fits} for x in p.suspects]}
     comps = []
     for c in result.comparisons:
         comps.append({

@@ -16,13 +16,16 @@ from typing import Any
 
 import yaml
 
+from .dumps import DumpSpec, parse_dumps
 from .errors import QuantaccInputError
+from .pipeline import Preprocess, parse_preprocess
 
 SPEC_VERSION = 1
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8", "int16", "uint16")
 MODES = ("float", "fixed", "offline")
+EXTRA_MODES = ("original",)  # opt-in: the user's own model on the user's own preprocessing (pipeline.py)
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,8 @@ class ModelSpec:
     layers: tuple[LayerRule, ...] = ()
     known_bad: tuple[KnownBad, ...] = ()
     offline: OfflineGate = field(default_factory=OfflineGate)
+    dumps: tuple[DumpSpec, ...] = ()  # modes whose tensors come from dumps instead of ONNX Runtime
+    preprocess: Preprocess | None = None  # deployment input folded into the float model
 
     @property
     def key(self) -> str:
@@ -300,17 +305,22 @@ def _quantization(node: _Node) -> Quantization:
 
 def _model(node: _Node, index: int, spec: Path) -> ModelSpec:
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline")
+            "known_bad", "offline", "dumps", "preprocess")
     m = node.mapping(keys, required=("name", "model", "calibration"))
     name = m["name"].string()
     if any(c in name for c in "[]/:") or name.strip() != name:
         raise m["name"].fail(f"{name!r} may not contain '[', ']', '/', ':' or surrounding spaces (it is part of test ids)")
     calibration = _data(m["calibration"])
     modes = MODES
+    dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
+    if dumps:
+        modes = ("float", "fixed")  # the dumps replace ONNX Runtime's quantized model
     if "modes" in m:
-        modes = tuple(n.choice(MODES) for n in m["modes"].sequence())
+        modes = tuple(n.choice(MODES + EXTRA_MODES) for n in m["modes"].sequence())
         if len(set(modes)) != len(modes) or len(modes) < 2:
             raise m["modes"].fail("list at least two different modes (a comparison needs two sides)")
+    preprocess = parse_preprocess(m["preprocess"]) if "preprocess" in m else None
+    _check_extensions(m, modes, dumps, preprocess)
     thresholds = _thresholds(m["thresholds"], Thresholds()) if "thresholds" in m else Thresholds()
     rules = []
     if "layers" in m:
@@ -344,7 +354,26 @@ def _model(node: _Node, index: int, spec: Path) -> ModelSpec:
         layers=tuple(rules),
         known_bad=tuple(known_bad),
         offline=offline,
+        dumps=dumps,
+        preprocess=preprocess,
     )
+
+
+def _check_extensions(m: dict[str, _Node], modes: tuple[str, ...], dumps: tuple[DumpSpec, ...],
+                      preprocess: Preprocess | None) -> None:
+    """Mode combinations the dump backend and the pipeline check can actually run."""
+    where = m["modes"] if "modes" in m else m["name"]
+    if dumps and set(modes) - {"float", "fixed"}:
+        raise where.fail("with 'dumps', the modes are float and fixed (the dumps stand for fixed); "
+                         "offline and original run ONNX Runtime's own models")
+    if dumps and preprocess is not None:
+        raise m["preprocess"].fail("'preprocess' and 'dumps' cannot be combined (the dumps have their own input)")
+    if "original" in modes:
+        if preprocess is None or preprocess.hook is None:
+            raise where.fail("mode 'original' needs preprocess.hook: the user's own preprocessing "
+                             "(module.py:function) that feeds the original model")
+        if "float" not in modes:
+            raise where.fail("mode 'original' is compared with mode 'float'; list both")
 
 
 def load_spec(path: str | Path) -> Spec:
