@@ -74,8 +74,8 @@ def chart(comparison: Comparison, kind: str) -> str:
     step = 34 if len(rows) < 30 else 18
     left, right, top, bottom = 64, 20, 26, 96
     width = left + right + step * max(len(rows) - 1, 1)
-    width = max(width, 520)
-    height = 230
+    width = max(width, 880)
+    height = 270
     plot_h = height - top - bottom
     x_step = (width - left - right) / max(len(rows) - 1, 1)
 
@@ -207,11 +207,11 @@ def model_section(result: ModelResult) -> str:
         out.append(f"<h3>{_e(c.reference)} vs {_e(c.target)}: first diverging layer: "
                    f"{_e(c.first_diverging.layer.name if c.first_diverging else 'none')}</h3>")
         if c.target == "fixed":
-            out.append(_diagnosis(c))
-            out.append(f'<div class="chart">{chart(c, "cos")}</div><div class="chart">{chart(c, "rmse")}</div>')
             out.append(f'<div class="legend"><span style="color:{_ACC}">&#9679;&mdash; accumulated</span> &nbsp; '
                        f'<span style="color:{_OWN}">&#9675;- - own (layer fed with float inputs)</span> &nbsp; '
                        f'<span style="color:{_THR}">- - threshold</span> &nbsp; red dots break a threshold</div>')
+            out.append(f'<div class="chart">{chart(c, "cos")}</div><div class="chart">{chart(c, "rmse")}</div>')
+            out.append(_diagnosis(c))
         out.append(_table(c))
     a = result.agreement
     if a is not None and a.worst is not None:

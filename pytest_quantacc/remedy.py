@@ -107,7 +107,8 @@ def _patch(q: Quantization, knobs: list[_Knob], base: dict | None = None) -> dic
         else:
             overrides.setdefault(k.node, {})[k.field] = "int16"
     if any(k.field != "exclude" for k in knobs):
-        patch["overrides"] = overrides
+        fields = ("activations", "weights")  # one order, so the snippet reads the same everywhere
+        patch["overrides"] = {n: {f: v[f] for f in fields if f in v} for n, v in overrides.items()}
     if any(k.field == "exclude" for k in knobs):
         patch["exclude_nodes"] = exclude
     return patch
@@ -197,7 +198,7 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
         s = next((x for x in stats if x.role == role), None)
         if s is None:
             return 0.0
-        return max(s.error, s.channel_error_median or 0.0)
+        return max(s.error, s.channel_error_median or 0.0, s.collapsed or 0.0)
 
     knobs = []
     if where.producer and where.input_tensor:
@@ -265,7 +266,7 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
         passing = a if a is not None and a.passes else None
     if passing is None:
         return None, tuple(tried)
-    for knob in list(chosen[:-1]):  # shrink: drop each earlier step the others do not need
+    for knob in list(reversed(chosen[:-1])):  # shrink: drop earlier steps the others do not need, least damaged first
         rest = [k for k in chosen if k is not knob]
         a = attempt(" + ".join(k.label for k in rest), _patch(q, rest))
         if a is None:
@@ -304,6 +305,8 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     if where.shared:
         why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
                    f"and zero point): its precision is set on {where.producer}")
+    if not _outlier_channel(stats):
+        why = [w for w in why if "outlier-channel signature" not in w]  # a hypothesis the statistics rule out
     why += explain(stats)
     remedy, tried = None, ()
     if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
@@ -323,6 +326,12 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
                   remedy_result=remedy.result_json() if remedy else None, attempts=tried)
     comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
     return replace(result, comparisons=comps)
+
+
+def _outlier_channel(stats: tuple[TensorStats, ...]) -> bool:
+    """The statistics show one input channel setting the range (or there are none to tell)."""
+    inputs = [s for s in stats if s.role == "input" and s.channel_spread is not None]
+    return not inputs or any(s.channel_spread >= 10 for s in inputs)
 
 
 _NAIVE = "raise the precision of the input activations"

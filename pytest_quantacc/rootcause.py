@@ -73,7 +73,7 @@ class TensorStats:
     calibrated: tuple[float, float] | None = None  # the range the quantization parameters represent
     observed: tuple[float, float] | None = None  # min/max seen on evaluation data
     clipped: float | None = None  # fraction of values outside the calibrated range
-    collapsed: float | None = None  # fraction of non-zero values quantized to the zero point
+    collapsed: float | None = None  # fraction of non-zero values quantized to the zero point (weights: to zero)
     levels: int | None = None  # distinct quantized values used
     channel_spread: float | None = None  # largest per-channel max|x| / median per-channel max|x|
     widest_channel: int | None = None
@@ -96,6 +96,8 @@ class TensorStats:
         if self.calibrated is not None and self.observed is not None:
             parts.append(f"calibrated range [{self.calibrated[0]:.4g}, {self.calibrated[1]:.4g}] vs observed "
                          f"[{self.observed[0]:.4g}, {self.observed[1]:.4g}]")
+        if self.clipped is None and self.collapsed is not None:
+            parts.append(f"{100 * self.collapsed:.1f}% of non-zero weights round to zero, {self.levels} levels used")
         if self.clipped is not None:
             parts.append(f"{100 * self.clipped:.2f}% clipped, {100 * self.collapsed:.1f}% of non-zero values "
                          f"collapsed to zero, {self.levels} levels used")
@@ -213,8 +215,11 @@ def weight_stats(role: str, float_model: onnx.ModelProto, fixed_model: onnx.Mode
     f = f.astype(np.float64)
     out_axis = axis if axis is not None else 0
     med, worst = _per_channel(f, d, out_axis) if f.ndim >= 2 else (None, None)
+    nonzero = f != 0
+    # Relative errors are dominated by the largest weights; the ones that rounded to zero show what was lost.
+    collapsed = float(np.mean(d[nonzero] == 0)) if nonzero.any() else 0.0
     return TensorStats(role, weight, node, str(q.dtype), float(scale.max()), int(np.ravel(zp)[0]), scale.size > 1,
-                       float(_rel_rmse(f, d)), med, worst)
+                       float(_rel_rmse(f, d)), med, worst, collapsed=collapsed, levels=int(np.unique(q).size))
 
 
 def gather(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, layers: list[Layer], where: Site,
@@ -263,7 +268,8 @@ def explain(stats: tuple[TensorStats, ...]) -> list[str]:
         elif s.clipped is not None and s.clipped > 0.001:
             lines.append(f"{s.tensor}: {100 * s.clipped:.2f}% of the evaluation values fall outside the calibrated "
                          f"range: the calibration data does not cover the evaluation data")
-        if s.role.endswith("weights") and (s.channel_error_median or s.error) > 0.1:
+        if s.role.endswith("weights") and max(s.channel_error_median or s.error, s.collapsed or 0.0) > 0.1:
             lines.append(f"{s.tensor}: the weights themselves lose their precision at {s.dtype} (relative error "
-                         f"{s.error:.2f}{'' if s.channel_error_median is None else f', per channel median {s.channel_error_median:.2f}'})")
+                         f"{s.error:.2f}{'' if s.channel_error_median is None else f', per channel median {s.channel_error_median:.2f}'}"
+                         f", {100 * (s.collapsed or 0.0):.0f}% of non-zero weights round to zero)")
     return lines
