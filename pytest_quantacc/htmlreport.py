@@ -222,6 +222,23 @@ def model_section(result: ModelResult) -> str:
     return "\n".join(out)
 
 
+def _scoped_css(scope: str) -> str:
+    """The page's CSS limited to one element, for embedding in someone else's page (pytest-html)."""
+    rules = []
+    for rule in _CSS.replace("\n", "").split("}"):
+        if "{" not in rule:
+            continue
+        selectors, body = rule.split("{", 1)
+        scoped = ",".join(scope if sel.strip() == "body" else f"{scope} {sel.strip()}" for sel in selectors.split(","))
+        rules.append(f"{scoped}{{{body}}}")
+    return "\n".join(rules)
+
+
+def fragment(result: ModelResult) -> str:
+    """One model's section with its own scoped style: what a pytest-html extra shows."""
+    return f'<div class="quantacc"><style>{_scoped_css(".quantacc")}</style>{model_section(result)}</div>'
+
+
 def page(results: list[ModelResult], title: str = "pytest-quantacc report") -> str:
     failed = sum(r.status != "passed" for r in results)
     body = "\n".join(model_section(r) for r in results)

@@ -63,7 +63,8 @@ class DiagnosisOutputs:
         """With pytest-html installed, a failing layer item carries its model's section of the HTML report."""
         outcome = yield
         report = outcome.get_result()
-        if call.when != "call" or not report.failed or not self.config.pluginmanager.hasplugin("html"):
+        if call.when != "call" or not report.failed or getattr(item, "kind", None) != "layer" \
+                or not self.config.pluginmanager.hasplugin("html"):
             return
         mspec = getattr(item, "mspec", None)
         from .plugin import RUN_KEY
@@ -74,6 +75,6 @@ class DiagnosisOutputs:
             return
         from pytest_html import extras
 
-        from .htmlreport import model_section
+        from .htmlreport import fragment
 
-        report.extras = [*getattr(report, "extras", []), extras.html(model_section(result))]
+        report.extras = [*getattr(report, "extras", []), extras.html(fragment(result))]
