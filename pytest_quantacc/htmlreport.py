@@ -144,7 +144,8 @@ def _row(r: LayerResult, first: LayerResult | None) -> str:
     s, own = r.summary, r.own
     cls = f"row-{r.status}" + (" first" if r is first else "")
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
-    cells = [f'<td class="l">{"&rarr; " if r is first else ""}{_e(r.layer.name)}</td>', f'<td class="l">{_e(r.layer.op_type)}</td>',
+    cells = [f'<td class="l">{"&rarr; " if r is first else ""}{_e(r.layer.name)}</td>',
+             f'<td class="l">{_e(r.layer.op_type)}</td>',
              f"<td>{_num(s['cos'] if s else None)}</td>", f"<td>{_num(s['rmse'] if s else None)}</td>",
              f"<td>{_num(own['cos'] if own else None)}</td>", f"<td>{_num(own['rmse'] if own else None)}</td>",
              f"<td>{_num(s.worst['cos'] if s else None)}</td>",

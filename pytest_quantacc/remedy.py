@@ -133,21 +133,24 @@ class _Trial:
             mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
         fixed = result.comparison("float", "fixed")
         self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
-        self._float_run = Runner(art.float_model, self.tensors + self.outputs, optimize=False, threads=threads)
         self._cache: list[dict] | None = None
 
-    def _float_values(self):
+    def _pairs(self):
+        """(sample, float values) per evaluation sample; the float values are computed once when they fit."""
         if self._cache is not None:
-            yield from self._cache
+            yield from zip(self.evals, self._cache)
             return
+        float_run = Runner(self.art.float_model, self.tensors + self.outputs, optimize=False, threads=self.threads)
         kept: list[dict] | None = []
         size = 0
         for sample in self.evals:
-            f = self._float_run.run(sample)
+            f = float_run.run(sample)
             size += sum(v.nbytes for v in f.values())
-            if kept is not None:
-                kept = kept + [f] if size <= _CACHE_BYTES else None
-            yield f
+            if kept is not None and size <= _CACHE_BYTES:
+                kept.append(f)
+            else:
+                kept = None
+            yield sample, f
         self._cache = kept
 
     def run(self, label: str, patch: dict) -> Attempt:
@@ -163,9 +166,15 @@ class _Trial:
                 shutil.copyfile(self.art.float_model, float_path)
             _write_manifest(sub, {"float": _read_manifest(self.art.workdir).get("float", "")})
         try:
-            art = quantize(mspec, float_path, self.calib, sub)
-        except QuantaccInputError as exc:
+            return self._measure(label, patch, mspec, float_path, t0)
+        except QuantaccInputError as exc:  # the quantizer refused these settings
             return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0, exc.problem)
+        except Exception as exc:  # ONNX Runtime cannot run the result (e.g. no 16-bit kernel): a failed attempt
+            return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0,
+                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+    def _measure(self, label: str, patch: dict, mspec: ModelSpec, float_path: Path, t0: float) -> Attempt:
+        art = quantize(mspec, float_path, self.calib, float_path.parent)
         fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
         layers = match_layers(self.float_model, fixed_model)
         compared = [lay for lay in layers if lay.skip is None and lay.tensor in self.tensors]
@@ -173,7 +182,7 @@ class _Trial:
                      threads=self.threads)
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
-        for sample, f in zip(self.evals, self._float_values()):
+        for sample, f in self._pairs():
             fx = run.run(sample)
             for lay in compared:
                 _compare(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))

@@ -269,7 +269,8 @@ def explain(stats: tuple[TensorStats, ...]) -> list[str]:
             lines.append(f"{s.tensor}: {100 * s.clipped:.2f}% of the evaluation values fall outside the calibrated "
                          f"range: the calibration data does not cover the evaluation data")
         if s.role.endswith("weights") and max(s.channel_error_median or s.error, s.collapsed or 0.0) > 0.1:
+            per_channel = "" if s.channel_error_median is None else f", per channel median {s.channel_error_median:.2f}"
             lines.append(f"{s.tensor}: the weights themselves lose their precision at {s.dtype} (relative error "
-                         f"{s.error:.2f}{'' if s.channel_error_median is None else f', per channel median {s.channel_error_median:.2f}'}"
-                         f", {100 * (s.collapsed or 0.0):.0f}% of non-zero weights round to zero)")
+                         f"{s.error:.2f}{per_channel}, {100 * (s.collapsed or 0.0):.0f}% of non-zero weights round "
+                         f"to zero)")
     return lines

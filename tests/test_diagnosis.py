@@ -17,7 +17,7 @@ import yaml
 from conftest import EXAMPLE, write_spec, zoo_entry
 
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.match import Layer, QParams, match_layers
+from pytest_quantacc.match import Layer, QParams
 from pytest_quantacc.remedy import _apply, deepen, patch_yaml
 from pytest_quantacc.rootcause import activation_stats, site
 
