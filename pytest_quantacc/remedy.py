@@ -321,6 +321,8 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
         remedy, tried = search(trial, d, where, stats, attempts)
     todo = [_site_aware(t, where) for t in d.todo]
+    # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
+    best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
     if remedy is not None:
         # What was measured supersedes the generic hints.
         todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {remedy.outputs_cos:.4f}); "
@@ -329,10 +331,12 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         if failed:
             todo.append(f"tried, not enough on its own: {'; '.join(failed)}")
     elif tried:
-        todo.insert(0, f"none of the {len(tried)} remedies tried makes every layer pass (see remedy_attempts)")
+        todo.insert(0, f"none of the {len(tried)} remedies tried makes every layer pass; closest: {best.label} "
+                       f"(first diverging layer {best.first_diverging_layer}, outputs cos "
+                       f"{'-' if best.outputs_cos is None else f'{best.outputs_cos:.4f}'})")
     new = replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
                   remedy=remedy.patch if remedy else None,
-                  remedy_result=remedy.result_json() if remedy else None, attempts=tried)
+                  remedy_result=best.result_json() if best else None, attempts=tried)
     comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
     return replace(result, comparisons=comps)
 

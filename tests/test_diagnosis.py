@@ -50,13 +50,18 @@ def test_abrupt_fault_gets_a_local_verified_remedy(tmp_path, zoo_models, builder
     assert again.first_diverging is None
 
 
-def test_weight_fault_is_explained_by_its_weights(tmp_path, zoo_models):
-    _, _, fx = diagnosed(tmp_path, "weight_outlier_cnn", zoo_models["weight_outlier_cnn"], attempts=0)
+def test_weight_fault_is_explained_by_its_weights_and_the_budget_holds(tmp_path, zoo_models):
+    mspec, result, fx = diagnosed(tmp_path, "weight_outlier_cnn", zoo_models["weight_outlier_cnn"], attempts=2)
     d = fx.diagnosis
     weights = next(s for s in d.stats if s.role == "weights")
     assert weights.tensor == "conv2_w" and weights.collapsed > 0.5 and weights.levels <= 8
-    assert not d.attempts and d.remedy is None  # attempts=0 turns remedies off
     assert not any("outlier-channel signature" in w for w in d.why)  # ruled out by the input's statistics
+    # Two attempts (the whole-model settings) do not fix a broken weight tensor: no remedy, the closest result.
+    assert [a.patch for a in d.attempts] == [{"per_channel": True}, {"method": "percentile"}]
+    assert d.remedy is None and d.remedy_result["passes"] is False
+    assert d.remedy_result["first_diverging_layer"] == "relu2"
+    off = deepen(evaluate_model(mspec, tmp_path / "work"), attempts=0).comparison("float", "fixed").diagnosis
+    assert off.attempts == () and off.remedy is None and off.remedy_result is None and off.stats
 
 
 def test_gradual_fault_blames_no_single_layer(tmp_path, zoo_models):
