@@ -135,3 +135,15 @@ def test_example_diagnosis_patch_and_fix_file(failing_example):
     # Applying the patch makes the run pass (all modes, including the deployable integer model).
     fixed = pytester.runpytest(fix.name, *args)
     fixed.assert_outcomes(passed=11, skipped=3)
+
+
+def test_html_page_of_a_passing_model(tmp_path, zoo_models):
+    """A healthy model: charts and table, no diagnosis; node names are escaped (they come from the model)."""
+    from pytest_quantacc.htmlreport import page
+
+    spec = load_spec(write_spec(tmp_path / "h.yaml", [zoo_entry("healthy<&>", zoo_models["healthy_cnn"])]))
+    result = deepen(evaluate_model(spec.models[0], tmp_path / "work"))
+    text = page([result])
+    assert text.count("<svg") == 2 and 'class="diag' not in text and "first diverging</text>" not in text
+    assert "healthy&lt;&amp;&gt;" in text and "healthy<&>" not in text
+    assert text.count("<polyline") == 4  # per chart: threshold and accumulated (no own-error pass when passing)
