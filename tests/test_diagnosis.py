@@ -147,3 +147,13 @@ def test_html_page_of_a_passing_model(tmp_path, zoo_models):
     assert text.count("<svg") == 2 and 'class="diag' not in text and "first diverging</text>" not in text
     assert "healthy&lt;&amp;&gt;" in text and "healthy<&>" not in text
     assert text.count("<polyline") == 4  # per chart: threshold and accumulated (no own-error pass when passing)
+
+
+def test_pytest_html_extra(failing_example):
+    """Optional: with pytest-html installed, the failing layer items carry the model's report section."""
+    pytest.importorskip("pytest_html")
+    pytester, spec = failing_example
+    pytester.runpytest(spec.name, "--quantacc", "--quantacc-workdir", str(pytester.path / "work"), "-p",
+                       "no:randomly", "--quantacc-remedies", "0", "--html", "ph.html", "--self-contained-html")
+    text = (pytester.path / "ph.html").read_text()
+    assert "COS along the graph" in text and ".quantacc table" in text
