@@ -103,7 +103,7 @@ def _patch(q: Quantization, knobs: list[_Knob], base: dict | None = None) -> dic
     exclude = list(q.exclude_nodes)
     for k in knobs:
         if k.field == "exclude":
-            exclude += [n for n in k.node.split(",") if n not in exclude]
+            exclude += [k.node] if k.node not in exclude else []
         else:
             overrides.setdefault(k.node, {})[k.field] = "int16"
     if any(k.field != "exclude" for k in knobs):
@@ -269,8 +269,8 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
             break
     if passing is None and len(tried) < budget:
         inputs_only = [k for k in knobs if k.node != where.compute]
-        chosen = inputs_only + [_Knob(f"{where.node} in float", ",".join(dict.fromkeys([where.compute, where.node])),
-                                      "exclude", 0.0)]
+        chosen = inputs_only + [_Knob(f"{n} in float", n, "exclude", 0.0)
+                                for n in dict.fromkeys([where.compute, where.node])]
         a = attempt(" + ".join(k.label for k in chosen), _patch(q, chosen))
         passing = a if a is not None and a.passes else None
     if passing is None:

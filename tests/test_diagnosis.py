@@ -157,3 +157,19 @@ def test_pytest_html_extra(failing_example):
                        "no:randomly", "--quantacc-remedies", "0", "--html", "ph.html", "--self-contained-html")
     text = (pytester.path / "ph.html").read_text()
     assert "COS along the graph" in text and ".quantacc table" in text
+
+
+def test_patch_keeps_what_the_spec_already_has():
+    """A patch replaces whole keys when pasted, so it must carry the spec's existing overrides and exclusions."""
+    from pytest_quantacc.remedy import _Knob, _patch
+    from pytest_quantacc.spec import Override, Quantization
+
+    q = Quantization(overrides=(Override("a", "int16"),), exclude_nodes=("x",))
+    knobs = [_Knob("w", "a", "weights", 1.0), _Knob("b", "b", "activations", 0.5), _Knob("f", "c", "exclude", 0.0)]
+    patch = _patch(q, knobs)
+    assert patch == {"overrides": {"a": {"activations": "int16", "weights": "int16"}, "b": {"activations": "int16"}},
+                     "exclude_nodes": ["x", "c"]}
+    applied = _apply(q, patch)
+    assert applied.overrides == (Override("a", "int16", "int16"), Override("b", "int16"))
+    assert applied.exclude_nodes == ("x", "c") and applied.method == q.method
+    assert yaml.safe_load(patch_yaml(patch)) == {"quantization": patch}
