@@ -192,7 +192,7 @@ class _Trial:
 
 def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
     measured = [r for r in comp.layers if r.summary is not None and r.status != "skipped"]
-    layer = next((r for r in measured if r.layer.name == root or r.layer.fused_into == root), None)
+    layer = next((r for r in measured if r.layer.name == root), None)
     outs = [r for r in measured if r.layer.tensor in outputs]
     first = next((r for r in comp.layers if r.status == FAILED), None)
     return Attempt(label, patch, first is None, first.layer.name if first else None,
