@@ -19,6 +19,7 @@ from .convert import prepare_float
 from .errors import QuantaccInputError
 from .evaluate import SKIPPED, ModelResult, evaluate_model
 from .match import Layer, float_layers
+from .remedy import DEFAULT_ATTEMPTS, deepen
 from .plugin import RUN_KEY
 from .spec import ModelSpec, load_spec
 
@@ -38,6 +39,7 @@ class QuantaccRun:
     patterns: tuple[str, ...]
     explicit: frozenset[Path]
     results: dict[tuple[Path, str], ModelResult] = field(default_factory=dict)
+    remedies: int = DEFAULT_ATTEMPTS  # remedy attempts for a failing model (0: none)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -50,7 +52,9 @@ class QuantaccRun:
             base = Path(tempfile.mkdtemp(prefix="quantacc-"))
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
-        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit)
+        remedies = config.getoption("quantacc_remedies", None)
+        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
+                   remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies))
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -61,7 +65,7 @@ class QuantaccRun:
     def result(self, mspec: ModelSpec) -> ModelResult:
         key = (mspec.spec_path, mspec.name)
         if key not in self.results:
-            self.results[key] = evaluate_model(mspec, self.base, self.threads)
+            self.results[key] = deepen(evaluate_model(mspec, self.base, self.threads), self.threads, self.remedies)
         return self.results[key]
 
 

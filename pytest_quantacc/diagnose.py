@@ -29,6 +29,12 @@ class Diagnosis:
     why: tuple[str, ...]
     todo: tuple[str, ...]
     contributors: tuple[str, ...] = ()  # layers whose own error contributes most
+    # Filled by remedy.deepen (kept loose to avoid import cycles): rootcause.TensorStats of the tensors involved,
+    # the verified spec patch and its measured result, and every remedy attempt (remedy.Attempt).
+    stats: tuple = ()
+    remedy: dict | None = None
+    remedy_result: dict | None = None
+    attempts: tuple = ()
 
 
 def upstream(float_model: onnx.ModelProto, comparison: "Comparison", target: "LayerResult") -> list["LayerResult"]:

@@ -25,6 +25,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where converted models are written (default: inside pytest's cache directory)")
     group.addoption("--quantacc-threads", metavar="N", type=int, default=0,
                     help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime decides)")
+    group.addoption("--quantacc-remedies", metavar="N", type=int, default=None,
+                    help="when a layer fails, try at most N remedies (re-conversions) and report the smallest "
+                         "that makes every layer pass (default 8; 0 turns remedies off)")
+    group.addoption("--quantacc-fix", action="store_true", default=False,
+                    help="write <spec stem>.fix.yaml beside each spec with a verified remedy: the spec with the "
+                         "remedy applied (the spec itself is never modified)")
+    group.addoption("--quantacc-html", metavar="PATH", default=None,
+                    help="write a self-contained HTML report (per-layer tables and charts) to PATH")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
 
@@ -34,6 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from .collect import QuantaccRun
 
         config.stash[RUN_KEY] = QuantaccRun.from_config(config)
+        from .outputs import DiagnosisOutputs
+
+        config.pluginmanager.register(DiagnosisOutputs(config), "quantacc-diagnosis-outputs")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -74,3 +85,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from .report import write_json
 
     write_json(config.invocation_params.dir / path, list(run.results.values()), config.rootpath)
+

@@ -135,6 +135,9 @@ def model_summary(result: ModelResult) -> str:
                         if worst else ""))
         if c.diagnosis is not None:
             lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}")
+            if c.diagnosis.remedy is not None:
+                lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
+                             + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
         lines.append(f"  fixed vs offline: {'passed' if result.agreement.passed else 'FAILED'}; worst {w.tensor}: "
@@ -193,7 +196,7 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
             "layers": [layer_json(r) for r in c.layers],
             **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
                               "contributors": list(c.diagnosis.contributors), "why": list(c.diagnosis.why),
-                              "todo": list(c.diagnosis.todo)}} if c.diagnosis else {}),
+                              "todo": list(c.diagnosis.todo), **diagnosis_json(c.diagnosis)}} if c.diagnosis else {}),
         })
     if result.agreement is not None:
         a = result.agreement
@@ -207,6 +210,23 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
         })
     out["comparisons"] = comps
     return out
+
+
+def diagnosis_json(d) -> dict:
+    """The remedy keys of a diagnosis (docs/CONTRACT.md, "Diagnosis and verified remedies")."""
+    return {"remedy": d.remedy, "remedy_result": _finite_tree(d.remedy_result),
+            "remedy_attempts": [_finite_tree(a.as_json()) for a in d.attempts],
+            "root_cause": [_finite_tree(s.as_json()) for s in d.stats]}
+
+
+def _finite_tree(v):
+    if isinstance(v, float):
+        return _finite(v)
+    if isinstance(v, dict):
+        return {k: _finite_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_tree(x) for x in v]
+    return v
 
 
 def report_json(results: list[ModelResult], root: Path | None = None) -> dict:

@@ -1,0 +1,386 @@
+"""What to do about a failing model, verified: try the usual remedies and keep the smallest one that works.
+
+A suggestion ("try int16 for conv5") is a guess until someone re-runs the conversion; on real models the
+obvious guess is often wrong (an override on ``flatten`` does nothing when ``flatten`` shares its range with
+``relu2``; 16-bit activations do not help when the producer's *weights* are what collapsed). So for a model
+whose float-vs-fixed comparison fails, this module re-converts the model with modified quantization settings
+(``dataclasses.replace`` of the ModelSpec, artifacts in ``<work folder>/remedies/<attempt>/``), re-evaluates
+float vs fixed only, and reports every attempt with the layer's and the outputs' metrics.
+
+Order (cheapest for the deployed model first, every attempt counted against a budget):
+
+1. whole-model settings that cost nothing at inference: per-channel weights, percentile calibration (and,
+   for gradual failures, entropy calibration);
+2. for an abrupt failure, 16-bit precision added step by step around the root-cause layer, most damaged
+   tensor first (per the statistics of :mod:`rootcause`): its input activation (set on the producer
+   upstream of sharing ops), that producer's weights, the layer's weights, the layer's output; then
+   leaving the layer in float. Once a set passes, each earlier step is dropped if the rest still passes,
+   so what is offered is a smallest set found, not the first;
+3. for a gradual failure, 16-bit activations (then weights) for the whole model: no single layer is blamed.
+
+The verified remedy is a spec patch: the keys of ``quantization`` it touches, with complete values (existing
+overrides and exclusions kept), ready to paste into the model entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+import yaml
+
+from .convert import _digest, _read_manifest, _write_manifest, model_inputs, quantize
+from .data import load_samples
+from .diagnose import Diagnosis
+from .errors import QuantaccInputError
+from .evaluate import FAILED, Comparison, ModelResult, _compare, _finish
+from .match import match_layers
+from .metrics import Accumulator
+from .rootcause import Site, TensorStats, explain, gather, site
+from .simulate import Runner
+from .spec import ModelSpec, Override, Quantization
+
+DEFAULT_ATTEMPTS = 8
+_CACHE_BYTES = 256 << 20  # float outputs kept in memory across attempts up to this size
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One remedy tried: the spec patch, and what the re-converted model measured."""
+
+    label: str
+    patch: dict
+    passes: bool
+    first_diverging_layer: str | None
+    layer_cos: float | None
+    layer_rmse: float | None
+    outputs_cos: float | None
+    outputs_rmse: float | None
+    seconds: float
+    error: str | None = None
+
+    def result_json(self) -> dict:
+        return {"passes": self.passes, "first_diverging_layer": self.first_diverging_layer,
+                "outputs_cos": self.outputs_cos, "outputs_rmse": self.outputs_rmse,
+                "layer_cos": self.layer_cos, "layer_rmse": self.layer_rmse}
+
+    def as_json(self) -> dict:
+        return {"label": self.label, "patch": self.patch, **self.result_json(), "seconds": round(self.seconds, 3),
+                **({"error": self.error} if self.error else {})}
+
+
+@dataclass(frozen=True)
+class _Knob:
+    """One precision step around the root-cause layer: 16 bits for one field of one node, or float."""
+
+    label: str
+    node: str
+    field: str  # "activations" | "weights" | "exclude"
+    score: float  # how damaged the tensor is; the most damaged is raised first
+
+
+def _apply(q: Quantization, patch: dict) -> Quantization:
+    changes = dict(patch)
+    if "overrides" in changes:
+        changes["overrides"] = tuple(Override(n, v.get("activations"), v.get("weights"))
+                                     for n, v in changes["overrides"].items())
+    if "exclude_nodes" in changes:
+        changes["exclude_nodes"] = tuple(changes["exclude_nodes"])
+    return replace(q, **changes)
+
+
+def _patch(q: Quantization, knobs: list[_Knob], base: dict | None = None) -> dict:
+    """The spec patch (complete values of the touched keys) for these knobs on top of ``q``."""
+    patch = dict(base or {})
+    overrides = {o.node: {k: v for k, v in (("activations", o.activations), ("weights", o.weights)) if v}
+                 for o in q.overrides}
+    exclude = list(q.exclude_nodes)
+    for k in knobs:
+        if k.field == "exclude":
+            exclude += [k.node] if k.node not in exclude else []
+        else:
+            overrides.setdefault(k.node, {})[k.field] = "int16"
+    if any(k.field != "exclude" for k in knobs):
+        fields = ("activations", "weights")  # one order, so the snippet reads the same everywhere
+        patch["overrides"] = {n: {f: v[f] for f in fields if f in v} for n, v in overrides.items()}
+    if any(k.field == "exclude" for k in knobs):
+        patch["exclude_nodes"] = exclude
+    return patch
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "attempt"
+
+
+class _Trial:
+    """Re-convert and re-evaluate one model with patched quantization settings, sharing the float run."""
+
+    def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int) -> None:
+        art = result.artifacts
+        self.mspec, self.art, self.root, self.threads = mspec, art, root, threads
+        self.float_model = onnx.load(str(art.float_model), load_external_data=False)
+        self.outputs = [o.name for o in self.float_model.graph.output]
+        inputs = model_inputs(art.float_model)
+        self.calib = load_samples(mspec.calibration.path, mspec.calibration.limit, inputs, mspec.spec_path,
+                                  f"{mspec.key}.calibration.data")
+        self.evals = self.calib if mspec.evaluation == mspec.calibration else load_samples(
+            mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
+        fixed = result.comparison("float", "fixed")
+        self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
+        self._cache: list[dict] | None = None
+
+    def _pairs(self):
+        """(sample, float values) per evaluation sample; the float values are computed once when they fit."""
+        if self._cache is not None:
+            yield from zip(self.evals, self._cache)
+            return
+        float_run = Runner(self.art.float_model, self.tensors + self.outputs, optimize=False, threads=self.threads)
+        kept: list[dict] | None = []
+        size = 0
+        for sample in self.evals:
+            f = float_run.run(sample)
+            size += sum(v.nbytes for v in f.values())
+            if kept is not None and size <= _CACHE_BYTES:
+                kept.append(f)
+            else:
+                kept = None
+            yield sample, f
+        self._cache = kept
+
+    def run(self, label: str, patch: dict) -> Attempt:
+        t0 = time.perf_counter()
+        mspec = replace(self.mspec, quantization=_apply(self.mspec.quantization, patch), modes=("float", "fixed"))
+        sub = self.art.workdir / "remedies" / f"{_slug(label)[:60]}-{_digest(json.dumps(patch, sort_keys=True))[:8]}"
+        sub.mkdir(parents=True, exist_ok=True)
+        float_path = sub / "float.onnx"
+        if not float_path.is_file():
+            try:
+                os.link(self.art.float_model, float_path)
+            except OSError:
+                shutil.copyfile(self.art.float_model, float_path)
+            _write_manifest(sub, {"float": _read_manifest(self.art.workdir).get("float", "")})
+        try:
+            return self._measure(label, patch, mspec, float_path, t0)
+        except QuantaccInputError as exc:  # the quantizer refused these settings
+            return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0, exc.problem)
+        except Exception as exc:  # ONNX Runtime cannot run the result (e.g. no 16-bit kernel): a failed attempt
+            return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0,
+                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+
+    def _measure(self, label: str, patch: dict, mspec: ModelSpec, float_path: Path, t0: float) -> Attempt:
+        art = quantize(mspec, float_path, self.calib, float_path.parent)
+        fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
+        layers = match_layers(self.float_model, fixed_model)
+        compared = [lay for lay in layers if lay.skip is None and lay.tensor in self.tensors]
+        run = Runner(art.fixed_model, [lay.fixed_tensor for lay in compared] + self.outputs, optimize=False,
+                     threads=self.threads)
+        accs: dict[str, Accumulator] = {}
+        skips: dict[str, str] = {}
+        for sample, f in self._pairs():
+            fx = run.run(sample)
+            for lay in compared:
+                _compare(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
+        comp = _finish(layers, accs, skips, mspec, "float", "fixed")
+        return _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
+
+
+def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
+    measured = [r for r in comp.layers if r.summary is not None and r.status != "skipped"]
+    layer = next((r for r in measured if r.layer.name == root), None)
+    outs = [r for r in measured if r.layer.tensor in outputs]
+    first = next((r for r in comp.layers if r.status == FAILED), None)
+    return Attempt(label, patch, first is None, first.layer.name if first else None,
+                   layer.summary["cos"] if layer else None, layer.summary["rmse"] if layer else None,
+                   min((r.summary["cos"] for r in outs), default=None),
+                   max((r.summary["rmse"] for r in outs), default=None), seconds)
+
+
+def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
+    """Precision steps around the root-cause layer, most damaged tensor first."""
+    def damage(role: str) -> float:
+        s = next((x for x in stats if x.role == role), None)
+        if s is None:
+            return 0.0
+        return max(s.error, s.channel_error_median or 0.0, s.collapsed or 0.0)
+
+    knobs = []
+    if where.producer and where.input_tensor:
+        knobs.append(_Knob(f"16-bit input activations ({where.input_tensor}, set on {where.producer})",
+                           where.producer, "activations", damage("input")))
+    if where.producer_weight:
+        knobs.append(_Knob(f"16-bit weights of the input producer {where.producer}", where.producer, "weights",
+                           damage("input producer weights")))
+    if where.weight:
+        knobs.append(_Knob(f"16-bit weights of {where.compute}", where.compute, "weights", damage("weights")))
+    knobs.append(_Knob(f"16-bit output activations of {where.node}", where.compute, "activations", damage("output")))
+    return sorted(knobs, key=lambda k: -k.score)
+
+
+def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[TensorStats, ...],
+           budget: int) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+    """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt)."""
+    q = trial.mspec.quantization
+    tried: list[Attempt] = []
+
+    def attempt(label: str, patch: dict) -> Attempt | None:
+        if len(tried) >= budget:
+            return None
+        a = trial.run(label, patch)
+        tried.append(a)
+        return a
+
+    whole: list[tuple[str, dict]] = []
+    if not q.per_channel:
+        whole.append(("per-channel weights", {"per_channel": True}))
+    if q.method != "percentile":
+        whole.append(("percentile calibration", {"method": "percentile"}))
+    if diagnosis.kind == "gradual" and q.method != "entropy":
+        whole.append(("entropy calibration", {"method": "entropy"}))
+    for label, patch in whole:
+        a = attempt(label, patch)
+        if a is not None and a.passes:
+            return a, tuple(tried)
+    if diagnosis.kind == "gradual":
+        for label, patch in [("16-bit activations, whole model", {"activations": "int16"}),
+                             ("16-bit activations and weights, whole model",
+                              {"activations": "int16", "weights": "int16"})]:
+            if q.activations != patch["activations"] or q.weights != patch.get("weights", q.weights):
+                a = attempt(label, patch)
+                if a is not None and a.passes:
+                    return a, tuple(tried)
+        return None, tuple(tried)
+
+    knobs = _knobs(where, stats)
+    chosen: list[_Knob] = []
+    passing: Attempt | None = None
+    for knob in knobs:
+        chosen.append(knob)
+        a = attempt(" + ".join(k.label for k in chosen), _patch(q, chosen))
+        if a is None:
+            break
+        if a.passes:
+            passing = a
+            break
+    if passing is None and len(tried) < budget:
+        inputs_only = [k for k in knobs if k.node != where.compute]
+        chosen = inputs_only + [_Knob(f"{n} in float", n, "exclude", 0.0)
+                                for n in dict.fromkeys([where.compute, where.node])]
+        a = attempt(" + ".join(k.label for k in chosen), _patch(q, chosen))
+        passing = a if a is not None and a.passes else None
+    if passing is None:
+        return None, tuple(tried)
+    for knob in list(reversed(chosen[:-1])):  # shrink: drop earlier steps the others do not need, least damaged first
+        rest = [k for k in chosen if k is not knob]
+        a = attempt(" + ".join(k.label for k in rest), _patch(q, rest))
+        if a is None:
+            break
+        if a.passes:
+            chosen, passing = rest, a
+    return passing, tuple(tried)
+
+
+def patch_yaml(patch: dict) -> str:
+    """The patch as the YAML a user pastes into the model entry."""
+    return yaml.safe_dump({"quantization": patch}, sort_keys=False, default_flow_style=None).rstrip()
+
+
+def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS) -> ModelResult:
+    """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
+
+    Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
+    evaluation per attempt, so they run only when a layer fails (not when it is xfailed) and at most
+    ``attempts`` times (0: none).
+    """
+    fixed = result.comparison("float", "fixed")
+    if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
+        return result
+    d: Diagnosis = fixed.diagnosis
+    float_model = onnx.load(str(result.artifacts.float_model), load_external_data=False)
+    fixed_model = onnx.load(str(result.artifacts.fixed_model), load_external_data=False)
+    layers = [r.layer for r in fixed.layers]
+    try:
+        where = site(float_model, layers, d.layer)
+        trial = _Trial(result.spec, result, d.layer, threads)
+    except (KeyError, QuantaccInputError):
+        return result
+    stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)
+    why = list(d.why)
+    if where.shared:
+        why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
+                   f"and zero point): its precision is set on {where.producer}")
+    if not _outlier_channel(stats):
+        why = [w for w in why if "outlier-channel signature" not in w]  # a hypothesis the statistics rule out
+    why += explain(stats)
+    remedy, tried = None, ()
+    if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
+        remedy, tried = search(trial, d, where, stats, attempts)
+    todo = [_site_aware(t, where) for t in d.todo]
+    # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
+    best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
+    if remedy is not None:
+        # What was measured supersedes the generic hints.
+        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {remedy.outputs_cos:.4f}); "
+                f"paste into the model entry:\n" + _indent(patch_yaml(remedy.patch), 6)]
+        failed = [a.label for a in tried if not a.passes]
+        if failed:
+            todo.append(f"tried, not enough on its own: {'; '.join(failed)}")
+    elif tried:
+        todo.insert(0, f"none of the {len(tried)} remedies tried makes every layer pass; closest: {best.label} "
+                       f"(first diverging layer {best.first_diverging_layer}, outputs cos "
+                       f"{'-' if best.outputs_cos is None else f'{best.outputs_cos:.4f}'})")
+    new = replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
+                  remedy=remedy.patch if remedy else None,
+                  remedy_result=best.result_json() if best else None, attempts=tried)
+    comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
+    return replace(result, comparisons=comps)
+
+
+def _outlier_channel(stats: tuple[TensorStats, ...]) -> bool:
+    """The statistics show one input channel setting the range (or there are none to tell)."""
+    inputs = [s for s in stats if s.role == "input" and s.channel_spread is not None]
+    return not inputs or any(s.channel_spread >= 10 for s in inputs)
+
+
+_NAIVE = "raise the precision of the input activations"
+
+
+def _site_aware(todo: str, where: Site) -> str:
+    """diagnose's input-precision hint names the nearest inputs; point it where their range is really set."""
+    if not todo.startswith(_NAIVE) or not where.producer or not where.shared:
+        return todo
+    return (f"{_NAIVE} where their range is set ({', '.join(where.shared)} share it with {where.input_tensor}): "
+            f"quantization.overrides: {{{where.producer}: {{activations: int16}}}}")
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+def fix_path(spec_path: Path) -> Path:
+    return spec_path.with_name(f"{spec_path.stem}.fix.yaml")
+
+
+def write_fix(spec_path: Path, patches: dict[int, dict]) -> Path:
+    """Write ``<spec stem>.fix.yaml`` beside the spec: the spec with each model's verified patch applied.
+
+    The user's spec is never modified; the fix file is a complete spec that can be run as is, diffed against
+    the original, or merged by hand.
+    """
+    raw = yaml.safe_load(spec_path.read_text())
+    for index, patch in patches.items():
+        entry = raw["models"][index]
+        entry["quantization"] = {**(entry.get("quantization") or {}), **patch}
+    dest = fix_path(spec_path)
+    header = (f"# {spec_path.name} with the remedies verified by pytest-quantacc applied (quantization keys of\n"
+              f"# models {', '.join(str(raw['models'][i].get('name')) for i in patches)}). Generated; "
+              f"{spec_path.name} is unchanged.\n")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    tmp.replace(dest)
+    return dest
