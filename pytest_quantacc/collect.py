@@ -23,7 +23,7 @@ from .remedy import DEFAULT_ATTEMPTS, deepen
 from .plugin import RUN_KEY
 from .spec import ModelSpec, load_spec
 
-DEFAULT_PATTERNS = ("quantacc*.yaml", "quantacc*.yml", "*.quantacc.yaml")
+_WRITTEN_SUFFIXES = (".fix.yaml",)
 
 
 class QuantaccFailure(Exception):
@@ -60,7 +60,12 @@ class QuantaccRun:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
         if path.suffix not in (".yaml", ".yml"):
             return False
-        return path.resolve() in self.explicit or any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
+        if path.resolve() in self.explicit:
+            return True
+        # Files the plugin writes next to a spec (--quantacc-fix) are not specs of their own in a directory run.
+        if path.name.endswith(_WRITTEN_SUFFIXES):
+            return False
+        return any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
 
     def result(self, mspec: ModelSpec) -> ModelResult:
         key = (mspec.spec_path, mspec.name)

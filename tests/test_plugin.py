@@ -195,3 +195,11 @@ def test_plugin_import_is_light():
             "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_directory_run_skips_written_fix_files(project):
+    shutil.copy(project.path / "quantacc.yaml", project.path / "quantacc.fix.yaml")
+    out = run(project, ".", "--collect-only", "-q").stdout.str()
+    assert "quantacc.yaml::digits_cnn::convert" in out and "quantacc.fix.yaml" not in out
+    named = run(project, "quantacc.fix.yaml", "--collect-only", "-q").stdout.str()
+    assert "quantacc.fix.yaml::digits_cnn::convert" in named
