@@ -253,6 +253,28 @@ def _tensor_overrides(model: onnx.ModelProto, q: Quantization, qtype) -> dict:
     return overrides
 
 
+_ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+def _calibrate(float_model: Path, calibration: Samples, q: Quantization, op_types: list[str], tmp: Path):
+    """The calibration reader, or for entropy the ranges computed here and handed over as a cache.
+
+    ``quantize_static`` gives the entropy calibrator ONNX Runtime's defaults of 128 histogram bins and 128
+    quantized bins, so the only threshold it can pick is the full range: "entropy" would silently be minmax.
+    With 2048 bins (the usual setting for 8-bit KL calibration) the threshold search has room to clip.
+    """
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    if q.method != "entropy":
+        return _Reader(calibration), {}
+    calibrator = create_calibrator(float_model, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy, extra_options=dict(_ENTROPY_BINS))
+    calibrator.collect_data(_Reader(calibration))
+    save_tensors_data(calibrator.compute_data(), tmp / "calibration.json")
+    return None, {"calibration_cache_path": str(tmp / "calibration.json")}
+
+
 def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Path) -> Artifacts:
     """Quantize ``float.onnx`` with the spec's settings (or reuse a matching earlier result)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -279,8 +301,9 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
     with _captured_logging() as log, tempfile.TemporaryDirectory(dir=workdir, prefix=".q.") as tmp:
         out = Path(tmp) / "fixed.onnx"
         try:
+            reader, cache = _calibrate(float_model, calibration, q, op_types, Path(tmp))
             quantize_static(
-                str(float_model), str(out), _Reader(calibration),
+                str(float_model), str(out), reader,
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=q.per_channel,
@@ -290,6 +313,7 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
                 nodes_to_exclude=list(q.exclude_nodes),
                 calibrate_method=getattr(CalibrationMethod, _METHODS[q.method]),
                 extra_options=extra,
+                **cache,
             )
         except Exception as exc:  # the quantizer raises many types; the user needs its words and our context
             error = mspec.error("quantization", f"ONNX Runtime's quantizer failed: {type(exc).__name__}: "

@@ -122,3 +122,15 @@ def test_results_are_deterministic(tmp_path, zoo_models):
     b = run(tmp_path / "b", "det", zm).comparison("float", "fixed")
     assert [(r.layer.name, r.summary and r.summary.mean) for r in a.layers] == \
            [(r.layer.name, r.summary and r.summary.mean) for r in b.layers]
+
+
+def test_entropy_calibration_clips_where_minmax_does_not(tmp_path, zoo_models):
+    """ONNX Runtime's quantize_static alone makes entropy identical to minmax (128 bins); ours must differ."""
+    zm = zoo_models["healthy_cnn"]
+    scales = {}
+    for method in ("minmax", "entropy"):
+        fx = run(tmp_path / method, method, zm, quantization={"method": method}).comparison("float", "fixed")
+        scales[method] = {r.layer.tensor: r.layer.qparams.scale[0] for r in fx.layers if r.layer.qparams}
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    smaller = [t for t in scales["minmax"] if scales["entropy"][t] < 0.95 * scales["minmax"][t]]
+    assert smaller, scales
