@@ -14,10 +14,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from . import report
-from .convert import prepare_float
+from . import baseline, report
+from .cache import Evaluated, cached_float, evaluate_cached, restore
 from .errors import QuantaccInputError
-from .evaluate import SKIPPED, ModelResult, evaluate_model
+from .evaluate import SKIPPED, ModelResult
 from .match import Layer, float_layers
 from .plugin import RUN_KEY
 from .spec import ModelSpec, load_spec
@@ -38,6 +38,14 @@ class QuantaccRun:
     patterns: tuple[str, ...]
     explicit: frozenset[Path]
     results: dict[tuple[Path, str], ModelResult] = field(default_factory=dict)
+    use_cache: bool = True
+    baseline_update: bool = False
+    tolerance_cos: float = 0.001
+    tolerance_rmse: float = 0.01
+    evaluated: dict[tuple[Path, str], Evaluated] = field(default_factory=dict)
+    checks: dict[tuple[Path, str], baseline.BaselineCheck] = field(default_factory=dict)
+    sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
+    written_baselines: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -50,7 +58,11 @@ class QuantaccRun:
             base = Path(tempfile.mkdtemp(prefix="quantacc-"))
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
-        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit)
+        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
+                   use_cache=not config.getoption("quantacc_no_cache"),
+                   baseline_update=config.getoption("quantacc_baseline_update"),
+                   tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
+                   tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")))
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -59,10 +71,38 @@ class QuantaccRun:
         return path.resolve() in self.explicit or any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
 
     def result(self, mspec: ModelSpec) -> ModelResult:
+        return self.evaluate(mspec).result
+
+    def evaluate(self, mspec: ModelSpec) -> Evaluated:
+        """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
-        if key not in self.results:
-            self.results[key] = evaluate_model(mspec, self.base, self.threads)
-        return self.results[key]
+        if key not in self.evaluated:
+            self.evaluated[key] = evaluate_cached(mspec, self.base, self.threads, self.use_cache)
+            self.results[key] = self.evaluated[key].result
+        return self.evaluated[key]
+
+    def receive(self, payload: dict) -> None:
+        """Take a result an xdist worker computed (the controller reports what the workers measured)."""
+        key = (Path(payload["result"]["spec"]), payload["result"]["name"])
+        if key in self.evaluated and self.evaluated[key].cache != "reused":
+            return  # two workers shared the model: keep the one that did the work
+        mspec = next(m for m in load_spec(key[0]).models if m.name == key[1])
+        self.evaluated[key] = restore(payload, mspec)
+        self.results[key] = self.evaluated[key].result
+
+    def ordered(self) -> list[Evaluated]:
+        """Results by spec path and model position: the same order in serial and xdist runs."""
+        return [self.evaluated[k] for k in sorted(self.evaluated, key=lambda k: (str(k[0]), self.evaluated[k]
+                                                                                .result.spec.index))]
+
+    def baseline_check(self, mspec: ModelSpec) -> baseline.BaselineCheck | None:
+        """The model against its recorded baseline; None while recording one (``--quantacc-baseline-update``)."""
+        if self.baseline_update:
+            return None
+        key = (mspec.spec_path, mspec.name)
+        if key not in self.checks:
+            self.checks[key] = baseline.check(mspec, self.result(mspec), self.tolerance_cos, self.tolerance_rmse)
+        return self.checks[key]
 
 
 class SpecFile(pytest.File):
@@ -121,7 +161,7 @@ class ModelNode(pytest.Collector):
         run: QuantaccRun = self.config.stash[RUN_KEY]
         m = self.mspec
         try:
-            float_path = prepare_float(m, run.base)
+            float_path = cached_float(m, run.base)
         except QuantaccInputError as exc:
             return [InputErrorItem.from_parent(self, name="convert", message=exc.message)]
         graph = onnx.load(str(float_path), load_external_data=False)
@@ -144,6 +184,10 @@ class ModelNode(pytest.Collector):
                                                    kind="output", tensor=out.name))
         if {"fixed", "offline"} <= modes:
             items.append(ModelItem.from_parent(self, name="fixed-vs-offline", mspec=m, kind="agreement"))
+        if m.accuracy is not None:
+            items.append(ModelItem.from_parent(self, name="accuracy", mspec=m, kind="accuracy"))
+        if not run.baseline_update and (m.baseline.required or baseline.baseline_path(m.spec_path).is_file()):
+            items.append(ModelItem.from_parent(self, name="baseline", mspec=m, kind="baseline"))
         return items
 
 
@@ -166,6 +210,12 @@ class ModelItem(pytest.Item):
         if self.kind == "agreement":
             self._agreement(result)
             return
+        if self.kind == "accuracy":
+            self._accuracy(self.config.stash[RUN_KEY].evaluate(self.mspec))
+            return
+        if self.kind == "baseline":
+            self._baseline(self.config.stash[RUN_KEY].baseline_check(self.mspec))
+            return
         reference, target = ("float", "fixed") if self.kind == "layer" else ("float", "offline")
         comparison = result.comparison(reference, target)
         r = comparison.get(self.tensor) if comparison else None
@@ -180,6 +230,45 @@ class ModelItem(pytest.Item):
         if r.breaks:
             render = report.layer_failure if self.kind == "layer" else report.outputs_failure
             raise QuantaccFailure(render(result, comparison, r))
+        self._against_baseline(reference, target, r)
+
+    def _against_baseline(self, reference: str, target: str, r) -> None:
+        check = self.config.stash[RUN_KEY].baseline_check(self.mspec)
+        d = check.delta(reference, target, r.layer.tensor) if check is not None else None
+        if d is None:
+            return
+        self.user_properties += [("quantacc.baseline_cos", d.baseline["cos"]),
+                                 ("quantacc.baseline_rmse", d.baseline["rmse"]), ("quantacc.baseline", d.verdict)]
+        if d.verdict == baseline.REGRESSED:
+            raise QuantaccFailure(baseline.regression_text(self.mspec, check, d))
+
+    def _accuracy(self, ev: Evaluated) -> None:
+        if ev.accuracy_error is not None:
+            raise QuantaccFailure(ev.accuracy_error.message)
+        a = ev.accuracy
+        self.user_properties += [("quantacc.metric", a.metric), ("quantacc.output", a.output),
+                                 ("quantacc.float_accuracy", round(a.float_value, 6)),
+                                 ("quantacc.offline_accuracy", round(a.offline_value, 6)),
+                                 ("quantacc.accuracy_drop", round(a.drop, 6))]
+        if not a.passed:
+            raise QuantaccFailure(
+                f"{self.mspec.name}: task accuracy ({a.metric} on output {a.output}, {a.samples} samples): float "
+                f"{a.float_value:.4f}, deployable (offline) {a.offline_value:.4f}: drop {a.drop:.4f} > max_drop "
+                f"{a.max_drop}\nThe per-layer items of this model show where the accuracy is lost (start at the "
+                f"first diverging layer).")
+
+    def _baseline(self, check: baseline.BaselineCheck) -> None:
+        if check.error is not None:
+            raise QuantaccFailure(check.error)
+        if not check.found:
+            message = (f"{self.mspec.name}: no baseline recorded in {check.path}; record one locally with "
+                       f"--quantacc-baseline-update and commit it")
+            if self.mspec.baseline.required:
+                raise QuantaccFailure(f"{message} (the spec sets {self.mspec.key}.baseline.required: true)")
+            pytest.skip(message)
+        self.user_properties += [("quantacc.baseline_regressed", len(check.regressed)),
+                                 ("quantacc.baseline_improved", len(check.improved)),
+                                 ("quantacc.baseline_stale", len(check.stale))]
 
     def _convert(self, result: ModelResult) -> None:
         if result.error is not None:
@@ -187,6 +276,7 @@ class ModelItem(pytest.Item):
         self.user_properties += [("quantacc.quantized_layers", result.quantized_layers),
                                  ("quantacc.samples", result.samples)]
         self.user_properties += [(f"quantacc.seconds_{k}", round(v, 3)) for k, v in result.seconds.items()]
+        self.user_properties.append(("quantacc.cache", self.config.stash[RUN_KEY].evaluate(self.mspec).cache))
         if result.quantized_layers == 0:
             raise QuantaccFailure(
                 f"{self.mspec.spec_path}: {self.mspec.key}.quantization: ONNX Runtime's quantizer quantized no "
