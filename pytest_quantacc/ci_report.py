@@ -13,7 +13,7 @@ from pathlib import Path
 from .baseline import BaselineCheck
 from .cache import Evaluated
 from .evaluate import FAILED
-from .report import REPORT_VERSION, model_json
+from .report import REPORT_VERSION, model_json, model_summary
 
 
 def extra_lines(ev: Evaluated, check: BaselineCheck | None) -> list[str]:
@@ -42,19 +42,33 @@ def extra_lines(ev: Evaluated, check: BaselineCheck | None) -> list[str]:
     return lines
 
 
+def gates_fail(ev: Evaluated, check: BaselineCheck | None) -> bool:
+    """The accuracy gate or the baseline fails (the model is failed even when every layer passes)."""
+    if ev.accuracy_error is not None or (ev.accuracy is not None and not ev.accuracy.passed):
+        return True
+    if check is None or ev.result.error is not None:
+        return False
+    return bool(check.regressed or check.error or (not check.found and ev.result.spec.baseline.required))
+
+
+def summary_head(ev: Evaluated, check: BaselineCheck | None) -> str:
+    """``report.model_summary`` with the model's status including the CI gates."""
+    text = model_summary(ev.result)
+    return text.replace(": PASSED,", ": FAILED,", 1) if gates_fail(ev, check) else text
+
+
 def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None) -> dict:
     """``report.model_json`` plus ``accuracy``, ``baseline`` and ``cache``; status includes both gates."""
     out = model_json(ev.result, root)
+    if gates_fail(ev, check):
+        out["status"] = FAILED
     a = ev.accuracy
     if a is not None:
         out["accuracy"] = {"metric": a.metric, "output": a.output, "float": a.float_value, "offline": a.offline_value,
                            "drop": a.drop, "max_drop": a.max_drop, "samples": a.samples,
                            "status": "passed" if a.passed else FAILED}
-        if not a.passed:
-            out["status"] = FAILED
     elif ev.accuracy_error is not None:
         out["accuracy"] = {"status": FAILED, "error": ev.accuracy_error.message}
-        out["status"] = FAILED
     if check is not None and ev.result.error is None:
         out["baseline"] = {
             "file": str(check.path), "found": check.found,
@@ -66,8 +80,6 @@ def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None)
             "stale": list(check.stale),
             **({"error": check.error} if check.error else {}),
         }
-        if check.regressed or check.error or (not check.found and ev.result.spec.baseline.required):
-            out["status"] = FAILED
     out["cache"] = ev.cache
     return out
 

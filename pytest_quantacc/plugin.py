@@ -112,14 +112,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     run = config.stash.get(RUN_KEY, None)
     if run is None or not run.results:
         return
-    from .report import model_summary
-
-    from .ci_report import extra_lines
+    from .ci_report import extra_lines, summary_head
 
     terminalreporter.section("quantacc summary")
     for ev in run.ordered():
-        terminalreporter.write_line(model_summary(ev.result))
-        for line in extra_lines(ev, run.baseline_check(ev.result.spec)):
+        check = run.baseline_check(ev.result.spec)
+        terminalreporter.write_line(summary_head(ev, check))
+        for line in extra_lines(ev, check):
             terminalreporter.write_line(line)
     if run.baseline_update:
         for path in run.written_baselines:
