@@ -153,14 +153,16 @@ def test_no_cache_and_clear_cache(project):
 
 
 CONCURRENT = textwrap.dedent('''
-    import json, sys, time
+    import json, os, sys, time
     from pathlib import Path
     from pytest_quantacc.cache import evaluate_cached, payload
     from pytest_quantacc.spec import load_spec
 
-    spec, base, start = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    spec, base, barrier = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     mspec = load_spec(spec).models[0]
-    while time.time() < start:
+    (barrier / str(os.getpid())).touch()
+    deadline = time.time() + 60
+    while len(list(barrier.iterdir())) < 3 and time.time() < deadline:  # start together, imports done
         time.sleep(0.005)
     ev = evaluate_cached(mspec, base, threads=1)
     d = payload(ev)
@@ -171,14 +173,12 @@ CONCURRENT = textwrap.dedent('''
 
 def test_concurrent_processes_build_once_and_agree(project):
     """Three real processes start together on a cold cache: one computes, the others wait and reuse."""
-    import time
-
     script = project.path / "race.py"
     script.write_text(CONCURRENT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    start = time.time() + 3.0
+    barrier = project.mkdir("barrier")
     procs = [subprocess.Popen([sys.executable, str(script), str(project.path / "quantacc.yaml"),
-                               str(project.path / "work"), str(start)], stdout=subprocess.PIPE, text=True, env=env)
+                               str(project.path / "work"), str(barrier)], stdout=subprocess.PIPE, text=True, env=env)
              for _ in range(3)]
     outs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
