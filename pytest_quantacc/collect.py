@@ -17,7 +17,7 @@ import pytest
 from . import baseline, report
 from .cache import Evaluated, cached_float, evaluate_cached, restore
 from .errors import QuantaccInputError
-from .evaluate import SKIPPED, ModelResult
+from .evaluate import SKIPPED, LayerResult, ModelResult
 from .match import Layer, float_layers
 from .plugin import RUN_KEY
 from .spec import ModelSpec, load_spec
@@ -232,7 +232,7 @@ class ModelItem(pytest.Item):
             raise QuantaccFailure(render(result, comparison, r))
         self._against_baseline(reference, target, r)
 
-    def _against_baseline(self, reference: str, target: str, r) -> None:
+    def _against_baseline(self, reference: str, target: str, r: LayerResult) -> None:
         check = self.config.stash[RUN_KEY].baseline_check(self.mspec)
         d = check.delta(reference, target, r.layer.tensor) if check is not None else None
         if d is None:
