@@ -18,7 +18,6 @@ import onnx
 
 from .convert import Artifacts, model_inputs
 from .data import Samples, load_samples
-from .errors import QuantaccInputError
 from .onnxgraph import FLOAT_TYPES, elem_types
 from .simulate import Runner
 from .spec import ModelSpec

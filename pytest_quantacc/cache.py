@@ -15,13 +15,11 @@ needs on top:
   key matches re-judges the stored metrics against the current thresholds, per-layer thresholds, known_bad
   and gates (``serialize.recheck``) and runs no inference.
 
-Locking uses ``fcntl`` and so needs a POSIX system (Linux, macOS: where CI runners run this).
+Locking is ``fcntl.flock`` on POSIX (tested); on Windows a byte-range lock through ``msvcrt`` (untested here).
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -68,11 +66,36 @@ def locked(workdir: Path):
     lock = workdir.parent / f".{workdir.name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        _lock(f.fileno())
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            _unlock(f.fileno())
+
+
+if os.name == "posix":
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+else:  # Windows: a byte-range lock on the lock file's first byte; LK_LOCK gives up after 10 s, so retry
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 def _atomic_write(path: Path, text: str) -> None:
