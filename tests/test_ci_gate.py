@@ -85,11 +85,12 @@ def report_without_paths(path: Path) -> dict:
 
 
 def test_second_run_reuses_everything_and_reports_the_same(project):
-    run(project, "quantacc.yaml", "--quantacc-report", "first.json").assert_outcomes(passed=12, skipped=3)
-    assert calls(project) == 2
-    result = run(project, "quantacc.yaml", "--quantacc-report", "second.json", "--junitxml", "second.xml")
-    result.assert_outcomes(passed=12, skipped=3)
-    assert calls(project) == 2  # no inference
+    """Re-judged stored metrics give the same report as a fresh evaluation, diagnosis and inheritance included."""
+    run(project, ".", "--quantacc-report", "first.json").assert_outcomes(passed=19, skipped=6, xfailed=5)
+    assert calls(project) == 4
+    result = run(project, ".", "--quantacc-report", "second.json", "--junitxml", "second.xml")
+    result.assert_outcomes(passed=19, skipped=6, xfailed=5)
+    assert calls(project) == 4  # no inference
     assert junit_props(project.path / "second.xml", "convert")["quantacc.cache"] == "reused"
     assert report_without_paths(project.path / "first.json") == report_without_paths(project.path / "second.json")
 
@@ -122,9 +123,11 @@ def test_changed_input_invalidates_what_depends_on_it(project):
     assert calls(project) == 4
     assert next(work.rglob("float.onnx")).stat().st_mtime_ns == float_mtime  # the float model did not change
     assert next(work.rglob("fixed.onnx")).stat().st_mtime_ns != fixed_mtime
+    fixed_mtime = next(work.rglob("fixed.onnx")).stat().st_mtime_ns
     edit(project, "quantacc.yaml", "      data: data/eval.npz\n", "      data: data/eval.npz\n      limit: 32\n")
     run(project, "quantacc.yaml").assert_outcomes(passed=12, skipped=3)
     assert calls(project) == 6
+    assert next(work.rglob("fixed.onnx")).stat().st_mtime_ns == fixed_mtime  # evaluation only: not re-quantized
 
 
 @pytest.mark.parametrize("victim", ["fixed.onnx", "results.json"])
@@ -295,18 +298,30 @@ def test_accuracy_input_errors_name_the_key(project):
              "no_function": ("    accuracy: {max_drop: 0.01, metric: \"count.py:nothing\"}", "models[1].accuracy.metric",
                              "defines no function nothing"),
              "not_a_metric": ("    accuracy: {max_drop: 0.01, metric: \"count\"}", "models[2].accuracy.metric",
-                              "expected top1 or")}
+                              "expected top1 or"),
+             "no_output": ("    accuracy: {max_drop: 0.01}", "models[3].evaluation.output", "no output 'nope'"),
+             "probs": ("    accuracy: {max_drop: 0.01}", "", "")}
     entries = []
     for name, (line, _, _) in cases.items():
         entry = base.replace("name: digits_cnn", f"name: {name}") + line + "\n"
-        entries.append(entry.replace("      labels: data/eval_labels.npy\n", "") if name == "no_labels" else entry)
+        if name == "no_labels":
+            entry = entry.replace("      labels: data/eval_labels.npy\n", "")
+        if name in ("no_output", "probs"):
+            output = "nope" if name == "no_output" else "probs"
+            entry = entry.replace("      labels: data/eval_labels.npy\n",
+                                  f"      labels: data/eval_labels.npy\n      output: {output}\n")
+        entries.append(entry)
     (project.path / "quantacc.yaml").write_text("quantacc: 1\nmodels:\n" + "".join(entries))
-    result = run(project, "quantacc.yaml")
+    result = run(project, "quantacc.yaml", "--junitxml", "out.xml")
     out = result.stdout.str()
-    for _, key, words in cases.values():
+    for _, key, words in list(cases.values())[:-1]:
         assert f"quantacc.yaml: {key}" in out and words in out, out
     assert "Traceback" not in out
-    result.assert_outcomes(passed=11, failed=3, skipped=3)
+    result.assert_outcomes(passed=34, failed=4, skipped=9)
+    probs = [c for c in ET.parse(project.path / "out.xml").getroot().iter("testcase")
+             if c.get("name") == "accuracy" and c.get("classname").endswith("probs")]
+    props = {p.get("name"): p.get("value") for p in probs[0].iter("property")}
+    assert props["quantacc.output"] == "probs" and float(props["quantacc.float_accuracy"]) == pytest.approx(63 / 64)
 
 
 def test_labels_that_do_not_fit_fail_the_accuracy_item_only(project):
