@@ -40,6 +40,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="file name globs of spec files collected under directories with --quantacc")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
+    starting late would otherwise delete the model folders another worker is writing."""
+    if hasattr(config, "workerinput") and config.getoption("quantacc", False):
+        config.option.cacheclear = False
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("quantacc"):
         from .collect import QuantaccRun
