@@ -306,7 +306,7 @@ def _accuracy(node: _Node, evaluation: DataSpec) -> AccuracyGate:
     m = node.mapping(("max_drop", "metric"), required=("max_drop",))
     if evaluation.labels is None:
         raise node.fail("task accuracy needs labels: add evaluation.labels (a .npy file, one label per sample)")
-    max_drop = m["max_drop"].number(0.0, 1.0)
+    max_drop = m["max_drop"].number(0.0, math.inf)  # in the metric's units (a user metric may not be a fraction)
     if "metric" not in m or m["metric"].value == "top1":
         return AccuracyGate(max_drop)
     text = m["metric"].string()
