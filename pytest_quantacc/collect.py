@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import fnmatch
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 import pytest
 
-from . import report
-from .convert import prepare_float
+from . import baseline, report
+from .cache import Evaluated, cached_float, evaluate_cached, restore
 from .errors import QuantaccInputError
-from .evaluate import SKIPPED, ModelResult, evaluate_model
+from .evaluate import SKIPPED, LayerResult, ModelResult
 from .match import Layer, float_layers
 from .remedy import DEFAULT_ATTEMPTS, deepen
 from .plugin import RUN_KEY
@@ -40,6 +40,14 @@ class QuantaccRun:
     explicit: frozenset[Path]
     results: dict[tuple[Path, str], ModelResult] = field(default_factory=dict)
     remedies: int = DEFAULT_ATTEMPTS  # remedy attempts for a failing model (0: none)
+    use_cache: bool = True
+    baseline_update: bool = False
+    tolerance_cos: float = 0.001
+    tolerance_rmse: float = 0.01
+    evaluated: dict[tuple[Path, str], Evaluated] = field(default_factory=dict)
+    checks: dict[tuple[Path, str], baseline.BaselineCheck] = field(default_factory=dict)
+    sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
+    written_baselines: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -54,7 +62,11 @@ class QuantaccRun:
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
         return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
-                   remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies))
+                   remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
+                   use_cache=not config.getoption("quantacc_no_cache"),
+                   baseline_update=config.getoption("quantacc_baseline_update"),
+                   tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
+                   tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")))
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -68,10 +80,41 @@ class QuantaccRun:
         return any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
 
     def result(self, mspec: ModelSpec) -> ModelResult:
+        return self.evaluate(mspec).result
+
+    def evaluate(self, mspec: ModelSpec) -> Evaluated:
+        """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
-        if key not in self.results:
-            self.results[key] = deepen(evaluate_model(mspec, self.base, self.threads), self.threads, self.remedies)
-        return self.results[key]
+        if key not in self.evaluated:
+            evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache)
+            # Diagnosis statistics and remedy search are not cached: they run only for failing models.
+            evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies))
+            self.evaluated[key] = evaluated
+            self.results[key] = evaluated.result
+        return self.evaluated[key]
+
+    def receive(self, payload: dict) -> None:
+        """Take a result an xdist worker computed (the controller reports what the workers measured)."""
+        key = (Path(payload["result"]["spec"]), payload["result"]["name"])
+        if key in self.evaluated and self.evaluated[key].cache != "reused":
+            return  # two workers shared the model: keep the one that did the work
+        mspec = next(m for m in load_spec(key[0]).models if m.name == key[1])
+        self.evaluated[key] = restore(payload, mspec)
+        self.results[key] = self.evaluated[key].result
+
+    def ordered(self) -> list[Evaluated]:
+        """Results by spec path and model position: the same order in serial and xdist runs."""
+        return [self.evaluated[k] for k in sorted(self.evaluated, key=lambda k: (str(k[0]), self.evaluated[k]
+                                                                                .result.spec.index))]
+
+    def baseline_check(self, mspec: ModelSpec) -> baseline.BaselineCheck | None:
+        """The model against its recorded baseline; None while recording one (``--quantacc-baseline-update``)."""
+        if self.baseline_update:
+            return None
+        key = (mspec.spec_path, mspec.name)
+        if key not in self.checks:
+            self.checks[key] = baseline.check(mspec, self.result(mspec), self.tolerance_cos, self.tolerance_rmse)
+        return self.checks[key]
 
 
 class SpecFile(pytest.File):
@@ -130,7 +173,7 @@ class ModelNode(pytest.Collector):
         run: QuantaccRun = self.config.stash[RUN_KEY]
         m = self.mspec
         try:
-            float_path = prepare_float(m, run.base)
+            float_path = cached_float(m, run.base)
         except QuantaccInputError as exc:
             return [InputErrorItem.from_parent(self, name="convert", message=exc.message)]
         graph = onnx.load(str(float_path), load_external_data=False)
@@ -155,6 +198,10 @@ class ModelNode(pytest.Collector):
                                                    kind="output", tensor=out.name))
         if {"fixed", "offline"} <= modes:
             items.append(ModelItem.from_parent(self, name="fixed-vs-offline", mspec=m, kind="agreement"))
+        if m.accuracy is not None:
+            items.append(ModelItem.from_parent(self, name="accuracy", mspec=m, kind="accuracy"))
+        if not run.baseline_update and (m.baseline.required or baseline.baseline_path(m.spec_path).is_file()):
+            items.append(ModelItem.from_parent(self, name="baseline", mspec=m, kind="baseline"))
         return items
 
 
@@ -180,6 +227,12 @@ class ModelItem(pytest.Item):
         if self.kind == "agreement":
             self._agreement(result)
             return
+        if self.kind == "accuracy":
+            self._accuracy(self.config.stash[RUN_KEY].evaluate(self.mspec))
+            return
+        if self.kind == "baseline":
+            self._baseline(self.config.stash[RUN_KEY].baseline_check(self.mspec))
+            return
         reference, target = ("float", "fixed") if self.kind == "layer" else ("float", "offline")
         comparison = result.comparison(reference, target)
         r = comparison.get(self.tensor) if comparison else None
@@ -194,6 +247,45 @@ class ModelItem(pytest.Item):
         if r.breaks:
             render = report.layer_failure if self.kind == "layer" else report.outputs_failure
             raise QuantaccFailure(render(result, comparison, r))
+        self._against_baseline(reference, target, r)
+
+    def _against_baseline(self, reference: str, target: str, r: LayerResult) -> None:
+        check = self.config.stash[RUN_KEY].baseline_check(self.mspec)
+        d = check.delta(reference, target, r.layer.tensor) if check is not None else None
+        if d is None:
+            return
+        self.user_properties += [("quantacc.baseline_cos", d.baseline["cos"]),
+                                 ("quantacc.baseline_rmse", d.baseline["rmse"]), ("quantacc.baseline", d.verdict)]
+        if d.verdict == baseline.REGRESSED:
+            raise QuantaccFailure(baseline.regression_text(self.mspec, check, d))
+
+    def _accuracy(self, ev: Evaluated) -> None:
+        if ev.accuracy_error is not None:
+            raise QuantaccFailure(ev.accuracy_error.message)
+        a = ev.accuracy
+        self.user_properties += [("quantacc.metric", a.metric), ("quantacc.output", a.output),
+                                 ("quantacc.float_accuracy", round(a.float_value, 6)),
+                                 ("quantacc.offline_accuracy", round(a.offline_value, 6)),
+                                 ("quantacc.accuracy_drop", round(a.drop, 6))]
+        if not a.passed:
+            raise QuantaccFailure(
+                f"{self.mspec.name}: task accuracy ({a.metric} on output {a.output}, {a.samples} samples): float "
+                f"{a.float_value:.4f}, deployable (offline) {a.offline_value:.4f}: drop {a.drop:.4f} > max_drop "
+                f"{a.max_drop}\nThe per-layer items of this model show where the accuracy is lost (start at the "
+                f"first diverging layer).")
+
+    def _baseline(self, check: baseline.BaselineCheck) -> None:
+        if check.error is not None:
+            raise QuantaccFailure(check.error)
+        if not check.found:
+            message = (f"{self.mspec.name}: no baseline recorded in {check.path}; record one locally with "
+                       f"--quantacc-baseline-update and commit it")
+            if self.mspec.baseline.required:
+                raise QuantaccFailure(f"{message} (the spec sets {self.mspec.key}.baseline.required: true)")
+            pytest.skip(message)
+        self.user_properties += [("quantacc.baseline_regressed", len(check.regressed)),
+                                 ("quantacc.baseline_improved", len(check.improved)),
+                                 ("quantacc.baseline_stale", len(check.stale))]
 
     def _convert(self, result: ModelResult) -> None:
         if result.error is not None:
@@ -201,6 +293,7 @@ class ModelItem(pytest.Item):
         self.user_properties += [("quantacc.quantized_layers", result.quantized_layers),
                                  ("quantacc.samples", result.samples)]
         self.user_properties += [(f"quantacc.seconds_{k}", round(v, 3)) for k, v in result.seconds.items()]
+        self.user_properties.append(("quantacc.cache", self.config.stash[RUN_KEY].evaluate(self.mspec).cache))
         if result.quantized_layers == 0:
             raise QuantaccFailure(
                 f"{self.mspec.spec_path}: {self.mspec.key}.quantization: ONNX Runtime's quantizer quantized no "

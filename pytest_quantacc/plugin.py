@@ -33,18 +33,80 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "remedy applied (the spec itself is never modified)")
     group.addoption("--quantacc-html", metavar="PATH", default=None,
                     help="write a self-contained HTML report (per-layer tables and charts) to PATH")
+    group.addoption("--quantacc-no-cache", action="store_true", default=False,
+                    help="convert and evaluate every model afresh: ignore and do not store cached results")
+    group.addoption("--quantacc-clear-cache", action="store_true", default=False,
+                    help="delete the cached conversions and results of every model before the run")
+    group.addoption("--quantacc-baseline-update", action="store_true", default=False,
+                    help="record each model's per-layer metrics as its baseline (<spec>.baseline.json); refused "
+                         "when the CI environment variable is set")
+    parser.addini("quantacc_baseline_tolerance_cos", default="0.001",
+                  help="a layer fails when its cos drops more than this below its baseline (spec: baseline.tolerance)")
+    parser.addini("quantacc_baseline_tolerance_rmse", default="0.01",
+                  help="a layer fails when its rmse rises more than this above its baseline")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
+    starting late would otherwise delete the model folders another worker is writing."""
+    if hasattr(config, "workerinput") and config.getoption("quantacc", False):
+        config.option.cacheclear = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("quantacc"):
         from .collect import QuantaccRun
 
-        config.stash[RUN_KEY] = QuantaccRun.from_config(config)
+        config.stash[RUN_KEY] = run = QuantaccRun.from_config(config)
         from .outputs import DiagnosisOutputs
 
         config.pluginmanager.register(DiagnosisOutputs(config), "quantacc-diagnosis-outputs")
+        worker = hasattr(config, "workerinput")
+        if run.baseline_update and not worker:
+            from .baseline import in_ci
+
+            if in_ci():
+                raise pytest.UsageError("--quantacc-baseline-update: refusing to write baselines in CI (the CI "
+                                        "environment variable is set); record them locally and commit them")
+        if config.getoption("quantacc_clear_cache") and not worker:
+            from .cache import clear
+
+            clear(run.base)
+        if not worker:
+            config.pluginmanager.register(_ResultReceiver(run), "quantacc-result-receiver")
+
+
+class _ResultReceiver:
+    """Collects the results xdist workers attach to their reports, so the controller can summarize them."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "quantacc_payload", None)
+        if data is not None:
+            self.run.receive(data)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """On an xdist worker, attach the model's serialized result to its first report (the controller reports)."""
+    report = yield
+    run = item.config.stash.get(RUN_KEY, None)
+    if run is None or call.when != "call" or not hasattr(item.config, "workerinput"):
+        return report
+    from .cache import payload
+    from .collect import ModelItem
+
+    if isinstance(item, ModelItem):
+        key = (item.mspec.spec_path, item.mspec.name)
+        if key in run.evaluated and key not in run.sent:
+            run.sent.add(key)
+            report.quantacc_payload = payload(run.evaluated[key])
+    return report
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector):
@@ -69,20 +131,35 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     run = config.stash.get(RUN_KEY, None)
     if run is None or not run.results:
         return
-    from .report import model_summary
+    from .ci_report import extra_lines, summary_head
 
     terminalreporter.section("quantacc summary")
-    for result in run.results.values():
-        terminalreporter.write_line(model_summary(result))
+    for ev in run.ordered():
+        check = run.baseline_check(ev.result.spec)
+        terminalreporter.write_line(summary_head(ev, check))
+        for line in extra_lines(ev, check):
+            terminalreporter.write_line(line)
+    if run.baseline_update:
+        for path in run.written_baselines:
+            terminalreporter.write_line(f"baseline written: {path}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     run = config.stash.get(RUN_KEY, None)
-    path = config.getoption("quantacc_report")
-    if run is None or not path or hasattr(config, "workerinput"):
+    if run is None or hasattr(config, "workerinput"):
         return
-    from .report import write_json
+    if run.baseline_update:
+        from .baseline import write
 
-    write_json(config.invocation_params.dir / path, list(run.results.values()), config.rootpath)
+        by_spec: dict[Path, list] = {}
+        for ev in run.ordered():
+            if ev.result.error is None:
+                by_spec.setdefault(ev.result.spec.spec_path, []).append(ev.result)
+        run.written_baselines = [write(spec, results) for spec, results in by_spec.items()]
+    path = config.getoption("quantacc_report")
+    if not path:
+        return
+    from .ci_report import write_report
 
+    write_report(config.invocation_params.dir / path, run, config.rootpath)

@@ -64,6 +64,8 @@ class DataSpec:
     path: Path
     key: str  # key path in the spec, for error messages
     limit: int | None = None
+    labels: Path | None = None  # evaluation only: one label per sample (.npy), for task accuracy
+    output: str | None = None  # evaluation only: the model output task accuracy reads (default: first float one)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,34 @@ class OfflineGate:
 
 
 @dataclass(frozen=True)
+class AccuracyGate:
+    """Task accuracy: the deployable model may lose at most ``max_drop`` of the float model's accuracy.
+
+    Layer metrics say where quantization hurts; this is what the product owner signs off on ("keep the
+    accuracy loss within 1%"). ``metric`` is ``top1`` or a user function given as ``module.py:function``
+    (``module`` resolved against the spec's folder).
+    """
+
+    max_drop: float
+    metric: str = "top1"
+    module: Path | None = None  # set when metric is a user function
+    function: str | None = None
+
+
+@dataclass(frozen=True)
+class BaselineGate:
+    """The ratchet: a layer may not get worse than its recorded baseline by more than these tolerances.
+
+    ``None`` means the ini default (``quantacc_baseline_tolerance_cos`` / ``_rmse``); ``required`` turns a
+    missing baseline into a failure instead of a note.
+    """
+
+    cos: float | None = None
+    rmse: float | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     index: int
@@ -117,6 +147,8 @@ class ModelSpec:
     offline: OfflineGate = field(default_factory=OfflineGate)
     dumps: tuple[DumpSpec, ...] = ()  # modes whose tensors come from dumps instead of ONNX Runtime
     preprocess: Preprocess | None = None  # deployment input folded into the float model
+    accuracy: AccuracyGate | None = None
+    baseline: BaselineGate = field(default_factory=BaselineGate)
 
     @property
     def key(self) -> str:
@@ -264,12 +296,39 @@ def _thresholds(node: _Node, base: Thresholds) -> Thresholds:
     )
 
 
-def _data(node: _Node) -> DataSpec:
-    m = node.mapping(("data", "limit"), required=("data",))
+def _data(node: _Node, extra: tuple[str, ...] = ()) -> DataSpec:
+    m = node.mapping(("data", "limit", *extra), required=("data",))
     return DataSpec(
         path=m["data"].path(),
         key=m["data"].key,
         limit=m["limit"].integer(1) if "limit" in m else None,
+        labels=m["labels"].path() if "labels" in m else None,
+        output=m["output"].string() if "output" in m else None,
+    )
+
+
+def _accuracy(node: _Node, evaluation: DataSpec) -> AccuracyGate:
+    m = node.mapping(("max_drop", "metric"), required=("max_drop",))
+    if evaluation.labels is None:
+        raise node.fail("task accuracy needs labels: add evaluation.labels (a .npy file, one label per sample)")
+    max_drop = m["max_drop"].number(0.0, math.inf)  # in the metric's units (a user metric may not be a fraction)
+    if "metric" not in m or m["metric"].value == "top1":
+        return AccuracyGate(max_drop)
+    text = m["metric"].string()
+    module, _, function = text.rpartition(":")
+    if not module.endswith(".py") or not function.isidentifier():
+        raise m["metric"].fail(f"{text!r}: expected top1 or a user function as module.py:function")
+    path = _Node(node.spec, m["metric"].key, module).path()
+    return AccuracyGate(max_drop, text, path, function)
+
+
+def _baseline(node: _Node) -> BaselineGate:
+    m = node.mapping(("tolerance", "required"))
+    tol = m["tolerance"].mapping(("cos", "rmse")) if "tolerance" in m else {}
+    return BaselineGate(
+        cos=tol["cos"].number(0.0, 2.0) if "cos" in tol else None,
+        rmse=tol["rmse"].number(0.0, math.inf) if "rmse" in tol else None,
+        required=m["required"].boolean() if "required" in m else False,
     )
 
 
@@ -305,7 +364,7 @@ def _quantization(node: _Node) -> Quantization:
 
 def _model(node: _Node, index: int, spec: Path) -> ModelSpec:
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess")
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline")
     m = node.mapping(keys, required=("name", "model", "calibration"))
     name = m["name"].string()
     if any(c in name for c in "[]/:") or name.strip() != name:
@@ -341,13 +400,14 @@ def _model(node: _Node, index: int, spec: Path) -> ModelSpec:
             max_mismatch_rate=(om["max_mismatch_rate"].number(0.0, 1.0) if "max_mismatch_rate" in om
                                else offline.max_mismatch_rate),
         )
+    evaluation = _data(m["evaluation"], ("labels", "output")) if "evaluation" in m else calibration
     return ModelSpec(
         name=name,
         index=index,
         spec_path=spec,
         model=m["model"].path(),
         calibration=calibration,
-        evaluation=_data(m["evaluation"]) if "evaluation" in m else calibration,
+        evaluation=evaluation,
         quantization=_quantization(m["quantization"]) if "quantization" in m else Quantization(),
         modes=modes,
         thresholds=thresholds,
@@ -356,6 +416,8 @@ def _model(node: _Node, index: int, spec: Path) -> ModelSpec:
         offline=offline,
         dumps=dumps,
         preprocess=preprocess,
+        accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
+        baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
     )
 
 

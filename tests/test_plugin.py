@@ -44,6 +44,7 @@ def test_items_in_topological_order(project):
         "quantacc.yaml::digits_cnn::float-vs-offline[logits]",
         "quantacc.yaml::digits_cnn::float-vs-offline[probs]",
         "quantacc.yaml::digits_cnn::fixed-vs-offline",
+        "quantacc.yaml::digits_cnn::accuracy",
     ]
     # collection reads graphs only: nothing was quantized yet
     assert not list((project.path / "work").rglob("fixed.onnx"))
@@ -65,7 +66,7 @@ def test_directory_collection_uses_patterns(project):
 
 def test_healthy_example_passes(project):
     result = run(project, "quantacc.yaml")
-    result.assert_outcomes(passed=11, skipped=3)
+    result.assert_outcomes(passed=12, skipped=3)
     out = result.stdout.str()
     assert "digits_cnn (quantacc.yaml): PASSED" in out
     assert "first diverging layer: none" in out
@@ -103,19 +104,19 @@ def spec_with_known_bad(pytester, layer, strict):
 def test_known_bad_that_passes_is_xpass_strict_failure(project):
     spec_with_known_bad(project, "relu1", "true")
     result = run(project, "quantacc.yaml")
-    result.assert_outcomes(passed=10, failed=1, skipped=3)
+    result.assert_outcomes(passed=11, failed=1, skipped=3)
     assert "XPASS(strict)" in result.stdout.str()
 
 
 def test_known_bad_that_passes_non_strict_is_xpassed(project):
     spec_with_known_bad(project, "relu*", "false")
     result = run(project, "quantacc.yaml")
-    result.assert_outcomes(passed=8, xpassed=3, skipped=3)
+    result.assert_outcomes(passed=9, xpassed=3, skipped=3)
 
 
 def test_junit_xml_carries_metrics(project):
     result = run(project, "quantacc.yaml", "--junitxml", "out.xml")
-    result.assert_outcomes(passed=11, skipped=3)
+    result.assert_outcomes(passed=12, skipped=3)
     root = ET.parse(project.path / "out.xml").getroot()
     cases = {c.get("name"): c for c in root.iter("testcase")}
     relu1 = cases["float-vs-fixed[relu1/Relu]"]
@@ -160,7 +161,7 @@ def test_per_layer_thresholds_by_glob(project):
     text += '    layers:\n      "relu*": {cos: 0.99999999}\n'
     (project.path / "quantacc.yaml").write_text(text)
     result = run(project, "quantacc.yaml")
-    result.assert_outcomes(passed=8, failed=3, skipped=3)
+    result.assert_outcomes(passed=9, failed=3, skipped=3)
     assert "cos 0.99" in result.stdout.str() and "< 0.99999999" in result.stdout.str()
 
 
@@ -178,11 +179,11 @@ def test_nothing_quantized_is_a_loud_failure(pytester, zoo_models):
 def test_conversion_runs_once_per_model(project):
     """All items of a model share one evaluation: the quantized model is written once."""
     result = run(project, "quantacc.yaml", "-v")
-    result.assert_outcomes(passed=11, skipped=3)
+    result.assert_outcomes(passed=12, skipped=3)
     fixed = list((project.path / "work").rglob("fixed.onnx"))
     assert len(fixed) == 1
     mtime = fixed[0].stat().st_mtime_ns
-    run(project, "quantacc.yaml").assert_outcomes(passed=11, skipped=3)
+    run(project, "quantacc.yaml").assert_outcomes(passed=12, skipped=3)
     assert fixed[0].stat().st_mtime_ns == mtime  # reused on a second run with unchanged inputs
 
 

@@ -1,0 +1,237 @@
+"""The evaluation cache: conversion artifacts and measured results, safe under concurrent runs.
+
+Built on convert.py's per-model work folder (``<base>/<spec>-<hash>/<model>/``, the folder users open in
+Netron), whose ``manifest.json`` already keys ``float.onnx`` by the model's bytes and the tool versions and
+``fixed.onnx`` by that plus calibration data and quantization settings. This module adds what a CI gate
+needs on top:
+
+- a lock per work folder (``fcntl.flock`` on a sibling ``.<model>.lock``): pytest-xdist workers and
+  parallel CI jobs on one runner serialize on a model, so the second one waits and then reuses instead of
+  converting again or reading a half-written file;
+- ``checksums.json``, written last, with the SHA-256 of every cached file: a file that does not match
+  (disk trouble, an interrupted copy, a hand edit) is detected, reported as a warning and rebuilt, never
+  trusted; files not covered by it (a run killed before sealing) are rebuilt silently;
+- ``results.json``: the measured per-layer metrics, keyed by every input they depend on. A re-run whose
+  key matches re-judges the stored metrics against the current thresholds, per-layer thresholds, known_bad
+  and gates (``serialize.recheck``) and runs no inference.
+
+Locking is ``fcntl.flock`` on POSIX (tested); on Windows a byte-range lock through ``msvcrt`` (untested here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .accuracy import AccuracyResult, evaluation_samples, task_accuracy
+from .convert import _data_key, _digest, _file_digest, _read_manifest, prepare_float, workdir_for
+from .errors import QuantaccInputError
+from .evaluate import ModelResult, evaluate_model
+from .serialize import FORMAT, from_dict, recheck, to_dict
+from .spec import ModelSpec
+
+_CACHED = ("manifest.json", "float.onnx", "fixed.onnx", "offline.onnx", "results.json")
+_SEAL = "checksums.json"
+_RESULTS = "results.json"
+
+
+class QuantaccCacheWarning(UserWarning):
+    """A cached file failed its checksum and was rebuilt."""
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A model's result, its task accuracy (when the spec asks), and where it came from.
+
+    ``cache`` is ``computed`` (inference ran), ``reused`` (stored metrics re-judged, no inference) or
+    ``off`` (``--quantacc-no-cache``).
+    """
+
+    result: ModelResult
+    accuracy: AccuracyResult | None = None
+    accuracy_error: QuantaccInputError | None = None
+    cache: str = "computed"
+
+
+@contextmanager
+def locked(workdir: Path):
+    """Exclusive access to one model's work folder across processes (blocks until the holder is done)."""
+    lock = workdir.parent / f".{workdir.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+b") as f:
+        _lock(f.fileno())
+        try:
+            yield
+        finally:
+            _unlock(f.fileno())
+
+
+if os.name == "posix":
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+else:  # Windows: a byte-range lock on the lock file's first byte; LK_LOCK gives up after 10 s, so retry
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:
+                continue
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _invalidate(workdir: Path) -> None:
+    for name in (*_CACHED, _SEAL):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def verify(workdir: Path) -> None:
+    """Drop every cached file of ``workdir`` unless all of them match ``checksums.json`` (call under the lock)."""
+    present = [n for n in _CACHED if (workdir / n).is_file()]
+    if not present:
+        return
+    try:
+        sealed = json.loads((workdir / _SEAL).read_text())
+    except (OSError, ValueError):
+        sealed = None
+    if not isinstance(sealed, dict):
+        _invalidate(workdir)  # never sealed: a run was interrupted (or an old layout); rebuild quietly
+        return
+    bad = [n for n in present if sealed.get(n) != _file_digest(workdir / n)]
+    bad += [n for n in sealed if n not in present]
+    if bad:
+        warnings.warn(QuantaccCacheWarning(f"quantacc cache: {', '.join(sorted(set(bad)))} in {workdir} failed "
+                                           f"the checksum (corrupt or modified); rebuilding"), stacklevel=2)
+        _invalidate(workdir)
+
+
+def seal(workdir: Path) -> None:
+    """Record the checksum of every cached file present (call under the lock, after writing them)."""
+    sums = {n: _file_digest(workdir / n) for n in _CACHED if (workdir / n).is_file()}
+    _atomic_write(workdir / _SEAL, json.dumps(sums, indent=1, sort_keys=True))
+
+
+def cached_float(mspec: ModelSpec, base: Path) -> Path:
+    """``prepare_float`` under the model's lock, with the cache checked first and sealed after."""
+    workdir = workdir_for(base, mspec)
+    with locked(workdir):
+        verify(workdir)
+        path = prepare_float(mspec, base)
+        seal(workdir)
+        return path
+
+
+def results_key(mspec: ModelSpec, float_key: str) -> str:
+    """Everything stored metrics depend on; thresholds, known_bad and gate limits deliberately excluded."""
+    e, acc = mspec.evaluation, mspec.accuracy
+    parts = [str(FORMAT), __version__, float_key, _data_key(mspec.calibration.path), str(mspec.calibration.limit),
+             json.dumps(asdict(mspec.quantization), sort_keys=True, default=str), _data_key(e.path), str(e.limit),
+             ",".join(mspec.modes), str(mspec.offline.tolerance_steps)]
+    if acc is not None:
+        parts += [_file_digest(e.labels), str(e.output), acc.metric,
+                  _file_digest(acc.module) if acc.module is not None else ""]
+    return _digest(*parts)
+
+
+def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: bool = True) -> Evaluated:
+    """``evaluate_model`` plus task accuracy, through the cache; at most one process works on a model at a time."""
+    workdir = workdir_for(base, mspec)
+    with locked(workdir):
+        if use_cache:
+            verify(workdir)
+        else:
+            _invalidate(workdir)
+        try:
+            float_path = prepare_float(mspec, base)
+        except QuantaccInputError as exc:
+            return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
+        key = results_key(mspec, _read_manifest(workdir).get("float", ""))
+        if use_cache:
+            reused = _reuse(workdir, key, mspec, float_path)
+            if reused is not None:
+                return reused
+        result = evaluate_model(mspec, base, threads)
+        accuracy = accuracy_error = None
+        if result.error is None and mspec.accuracy is not None:
+            try:
+                accuracy = task_accuracy(mspec, result.artifacts, evaluation_samples(mspec, float_path), threads)
+            except QuantaccInputError as exc:
+                accuracy_error = exc
+        if use_cache and result.error is None and accuracy_error is None:
+            _atomic_write(workdir / _RESULTS, json.dumps({"key": key, "result": to_dict(result, accuracy)},
+                                                         sort_keys=True))
+        seal(workdir)
+        return Evaluated(result, accuracy, accuracy_error, "computed" if use_cache else "off")
+
+
+def _reuse(workdir: Path, key: str, mspec: ModelSpec, float_path: Path) -> Evaluated | None:
+    try:
+        stored = json.loads((workdir / _RESULTS).read_text())
+    except (OSError, ValueError):
+        return None
+    if stored.get("key") != key or stored.get("result", {}).get("format") != FORMAT:
+        return None
+    judged = recheck(stored["result"], mspec, float_path)
+    if judged is None:
+        return None
+    result, accuracy = judged
+    return Evaluated(result, accuracy, cache="reused")
+
+
+def clear(base: Path) -> int:
+    """Delete every model work folder under ``base`` (folders this plugin wrote: they hold a manifest).
+
+    Returns how many were removed. Each is removed under its lock, so a concurrent run is not cut short.
+    Nothing else under ``base`` is touched (it may be a user-chosen ``--quantacc-workdir``).
+    """
+    removed = 0
+    for manifest in sorted(base.glob("*/*/manifest.json")):
+        workdir = manifest.parent
+        with locked(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def restore(d: dict, mspec: ModelSpec) -> Evaluated:
+    """An ``Evaluated`` sent by an xdist worker (the dict ``payload`` made)."""
+    result, accuracy = from_dict(d["result"], mspec)
+    err = d.get("accuracy_error")
+    return Evaluated(result, accuracy, QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None,
+                     d["cache"])
+
+
+def payload(ev: Evaluated) -> dict:
+    err = ev.accuracy_error
+    return {"result": to_dict(ev.result, ev.accuracy), "cache": ev.cache,
+            "accuracy_error": None if err is None else {"spec": err.spec, "key": err.key, "problem": err.problem}}
+
