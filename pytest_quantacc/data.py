@@ -36,11 +36,61 @@ class InputInfo:
         return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
 
 
+class Rows:
+    """One input's samples (axis 0 of an array), read one at a time and cast to the model's dtype.
+
+    An uncompressed ``.npz`` member is read straight from the file, sample by sample, so the evaluation data
+    never has to fit in memory at once (peak memory stays flat in the number of samples); anything else
+    (compressed members, Fortran order, a single-sample file) is loaded as an array.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, array: np.ndarray | None = None,
+                 file: Path | None = None, offset: int = 0, cast: np.dtype | None = None) -> None:
+        self.shape, self.dtype, self.cast = tuple(shape), np.dtype(dtype), cast
+        self._array, self._file, self._offset = array, file, offset
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> Rows:
+        return cls(array.shape, array.dtype, array=array)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def streamed(self) -> bool:
+        """True when samples are read from the file one at a time rather than held in memory."""
+        return self._array is None
+
+    def with_cast(self, dtype: np.dtype) -> Rows:
+        return Rows(self.shape, self.dtype, self._array, self._file, self._offset, np.dtype(dtype))
+
+    def load(self) -> np.ndarray:
+        """The whole array (for single-sample files, which are small)."""
+        if self._array is not None:
+            return self._array
+        count = int(np.prod(self.shape, dtype=np.int64))
+        return np.fromfile(self._file, dtype=self.dtype, count=count, offset=self._offset).reshape(self.shape)
+
+    def raw(self, i: int) -> np.ndarray:
+        """Sample ``i`` as stored."""
+        if self._array is not None:
+            return self._array[i]
+        size = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        with open(self._file, "rb") as f:
+            f.seek(self._offset + i * size)
+            data = f.read(size)
+        return np.frombuffer(data, dtype=self.dtype).reshape(self.shape[1:])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        row = self.raw(i)
+        return row.astype(self.cast) if self.cast is not None and row.dtype != self.cast else row
+
+
 @dataclass(frozen=True)
 class Samples:
     """Checked samples of one data source; iterate to get one ``{input name: array}`` dict per sample."""
 
-    arrays: tuple[dict[str, np.ndarray], ...]  # one dict per file; axis 0 of each array indexes samples
+    arrays: tuple[dict[str, Rows], ...]  # one dict per file; axis 0 indexes samples
     adders: tuple[dict[str, bool], ...]  # per file and input: add a leading batch axis of 1
     count: int
 
@@ -62,21 +112,55 @@ def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
-def _read_npz(path: Path, fail) -> dict[str, np.ndarray]:
+def _stored_member(path: Path, info: zipfile.ZipInfo) -> Rows | None:
+    """Rows read in place from an uncompressed C-order ``.npy`` member, or None when that is not possible."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            return None
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        if fortran or dtype.hasobject or not shape:
+            return None
+        data = f.tell()
+    if data - start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > info.file_size:
+        return None  # truncated member: let numpy's reader report it
+    return Rows(tuple(shape), dtype, file=path, offset=data)
+
+
+def _read_npz(path: Path, fail) -> dict[str, Rows]:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise fail(f"cannot read {path.name} as a .npz file: {exc}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise fail(f"{path.name} holds a single .npy array, not a .npz archive of arrays named by model input")
+    arrays: dict[str, Rows] = {}
     try:
         with loaded as z:
-            arrays = {k: z[k] for k in z.files}
+            members = {i.filename: i for i in z.zip.infolist()}
+            for k in z.files:
+                lazy = _stored_member(path, members[f"{k}.npy"]) if f"{k}.npy" in members else None
+                if lazy is None:
+                    a = z[k]
+                    if not isinstance(a, np.ndarray):
+                        raise fail(f"{path.name}: member {k!r} is not a numpy array")
+                    lazy = Rows.of(a)
+                arrays[k] = lazy
+    except QuantaccInputError:
+        raise
     except Exception as exc:  # numpy raises zlib, format and attribute errors for damaged members
         raise fail(f"cannot read {path.name} as a .npz file: {type(exc).__name__}: {exc}") from None
-    for k, a in arrays.items():
-        if not isinstance(a, np.ndarray):
-            raise fail(f"{path.name}: member {k!r} is not a numpy array")
     return arrays
 
 
@@ -116,8 +200,8 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
         counts = set()
         for info in inputs:
             arr = arrays[info.name]
-            if one_sample:
-                arr = arr[None]
+            if one_sample:  # the file is one sample: its arrays have no sample axis
+                arr = Rows.of(arr.load()[None])
             arr, add[info.name] = _check_array(arr, info, file, fail)
             counts.add(len(arr))
             out[info.name] = arr
@@ -134,33 +218,37 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
     return Samples(tuple(checked), tuple(adders), min(total, limit) if limit else total)
 
 
-def _check_array(arr: np.ndarray, info: InputInfo, file: Path, fail) -> tuple[np.ndarray, bool]:
-    """Check one input's array of samples; returns it in the model's dtype and whether to add a batch axis."""
+def _check_array(arr: Rows, info: InputInfo, file: Path, fail) -> tuple[Rows, bool]:
+    """Check one input's samples, one sample at a time; returns them cast to the model's dtype and whether to
+    add a batch axis."""
     where = f"{file.name}: array {info.name!r}"
-    if arr.ndim == 0:
+    if len(arr.shape) == 0:
         raise fail(f"{where} is a single value; axis 0 must index samples (shape [N, ...])")
+    sample_shape = tuple(arr.shape[1:])
+    if _fits(sample_shape, info.shape):
+        add = False
+    elif info.batch_free and _fits(sample_shape, info.shape[1:]):
+        add = True
+    else:
+        raise fail(f"{where} has samples of shape {list(sample_shape)} (array shape {list(arr.shape)}), "
+                   f"which does not fit the model input {info.name} {info.shape_text()}; axis 0 indexes samples")
     if np.issubdtype(info.dtype, np.floating):
-        if not (np.issubdtype(arr.dtype, np.floating)):
+        if not np.issubdtype(arr.dtype, np.floating):
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}; "
                        f"store float data (the harness does not guess a scale for integer pixels)")
-        arr = arr.astype(info.dtype, copy=False)
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            sample = int(np.argwhere(bad.reshape(len(arr), -1).any(axis=1))[0][0])
-            kind = "NaN" if np.isnan(arr).any() else "Inf"
-            raise fail(f"{where} contains {kind} (first in sample {sample}); calibration and metrics need finite data")
+        arr = arr.with_cast(info.dtype)
+        for i in range(len(arr)):
+            row = arr[i]
+            if not np.isfinite(row).all():
+                kind = "NaN" if np.isnan(row).any() else "Inf"
+                raise fail(f"{where} contains {kind} (first in sample {i}); calibration and metrics need finite data")
     elif np.issubdtype(info.dtype, np.integer) or info.dtype == np.bool_:
         if arr.dtype != info.dtype and not (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(info.dtype, np.integer)):
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}")
         if arr.dtype != info.dtype:
-            cast = arr.astype(info.dtype)
-            if not np.array_equal(cast, arr):
-                raise fail(f"{where}: values do not fit the model input's dtype {info.dtype}")
-            arr = cast
-    sample_shape = tuple(arr.shape[1:])
-    if _fits(sample_shape, info.shape):
-        return arr, False
-    if info.batch_free and _fits(sample_shape, info.shape[1:]):
-        return arr, True
-    raise fail(f"{where} has samples of shape {list(sample_shape)} (array shape {list(arr.shape)}), "
-               f"which does not fit the model input {info.name} {info.shape_text()}; axis 0 indexes samples")
+            for i in range(len(arr)):
+                raw = arr.raw(i)
+                if not np.array_equal(raw.astype(info.dtype), raw):
+                    raise fail(f"{where}: values do not fit the model input's dtype {info.dtype}")
+            arr = arr.with_cast(info.dtype)
+    return arr, add

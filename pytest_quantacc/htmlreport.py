@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from .evaluate import Comparison, LayerResult, ModelResult
 from .remedy import patch_yaml
+from .report import fmt_num
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2430;background:#fff}
@@ -35,14 +36,6 @@ pre{background:#f4f6f9;padding:8px 12px;border-radius:4px;font-size:13px;overflo
 """
 
 _ACC, _OWN, _THR, _MARK = "#1565c0", "#ef6c00", "#c62828", "#c62828"
-
-
-def _num(v: float | None, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v) or math.isnan(v):
-        return str(v)
-    return f"{v:.{digits}f}"
 
 
 def _e(text: object) -> str:
@@ -117,8 +110,8 @@ def chart(comparison: Comparison, kind: str) -> str:
     for i, r in enumerate(rows):
         bad = not r.thresholds.passes(r.summary["cos"], r.summary["rmse"])
         out.append(f'<circle cx="{x(i):.1f}" cy="{y(r.summary[kind]):.1f}" r="3.2" fill="{_THR if bad else _ACC}">'
-                   f'<title>{_e(r.layer.name)} ({_e(r.layer.op_type)}): {kind} {_num(r.summary[kind])}'
-                   f'{"" if r.own is None else f", own {_num(r.own[kind])}"}</title></circle>')
+                   f'<title>{_e(r.layer.name)} ({_e(r.layer.op_type)}): {kind} {fmt_num(r.summary[kind])}'
+                   f'{"" if r.own is None else f", own {fmt_num(r.own[kind])}"}</title></circle>')
         if r.own is not None:
             out.append(f'<circle cx="{x(i):.1f}" cy="{y(r.own[kind]):.1f}" r="2.4" fill="#fff" stroke="{_OWN}"/>')
     for i, r in enumerate(rows):
@@ -146,10 +139,10 @@ def _row(r: LayerResult, first: LayerResult | None) -> str:
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
     cells = [f'<td class="l">{"&rarr; " if r is first else ""}{_e(r.layer.name)}</td>',
              f'<td class="l">{_e(r.layer.op_type)}</td>',
-             f"<td>{_num(s['cos'] if s else None)}</td>", f"<td>{_num(s['rmse'] if s else None)}</td>",
-             f"<td>{_num(own['cos'] if own else None)}</td>", f"<td>{_num(own['rmse'] if own else None)}</td>",
-             f"<td>{_num(s.worst['cos'] if s else None)}</td>",
-             f"<td>{_num(r.thresholds.cos, 3)} / {_num(r.thresholds.rmse, 3)}</td>",
+             f"<td>{fmt_num(s['cos'] if s else None)}</td>", f"<td>{fmt_num(s['rmse'] if s else None)}</td>",
+             f"<td>{fmt_num(own['cos'] if own else None)}</td>", f"<td>{fmt_num(own['rmse'] if own else None)}</td>",
+             f"<td>{fmt_num(s.worst['cos'] if s else None)}</td>",
+             f"<td>{fmt_num(r.thresholds.cos, 3)} / {fmt_num(r.thresholds.rmse, 3)}</td>",
              f'<td class="l"><span class="badge {r.status}">{_e(status)}</span></td>']
     title = f' title="{_e(r.reason)}"' if r.reason else ""
     return f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>"
@@ -184,7 +177,7 @@ def _diagnosis(comparison: Comparison) -> str:
             f'<tr class="{"" if a.passes else "row-failed"}"><td class="l">{_e(a.label)}</td>'
             f'<td class="l"><span class="badge {"passed" if a.passes else "failed"}">'
             f'{"passes" if a.passes else "fails"}</span></td><td class="l">{_e(a.first_diverging_layer or "-")}</td>'
-            f"<td>{_num(a.layer_cos)}</td><td>{_num(a.layer_rmse)}</td><td>{_num(a.outputs_cos)}</td>"
+            f"<td>{fmt_num(a.layer_cos)}</td><td>{fmt_num(a.layer_rmse)}</td><td>{fmt_num(a.outputs_cos)}</td>"
             f"<td>{a.seconds:.2f}</td></tr>" for a in d.attempts)
         parts.append('<h3>Remedies tried</h3><table><tr><th class="l">remedy</th><th class="l">result</th>'
                      f'<th class="l">first diverging</th><th>{_e(d.layer)} cos</th><th>{_e(d.layer)} rmse</th>'

@@ -15,7 +15,7 @@ from .metrics import NAMES
 REPORT_VERSION = 1
 
 
-def _num(v: float | None, digits: int = 4) -> str:
+def fmt_num(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "-"
     if math.isinf(v) or math.isnan(v):
@@ -27,8 +27,8 @@ def _row(r: LayerResult, mark: bool) -> list[str]:
     s = r.summary
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
     own = r.own
-    return ["->" if mark else "", r.layer.name, r.layer.op_type, _num(s["cos"] if s else None),
-            _num(s["rmse"] if s else None), _num(own["cos"] if own else None), _num(own["rmse"] if own else None),
+    return ["->" if mark else "", r.layer.name, r.layer.op_type, fmt_num(s["cos"] if s else None),
+            fmt_num(s["rmse"] if s else None), fmt_num(own["cos"] if own else None), fmt_num(own["rmse"] if own else None),
             status]
 
 
@@ -46,10 +46,10 @@ def _breaks(r: LayerResult) -> str:
     s, t = r.summary, r.thresholds
     parts = []
     if s["cos"] < t.cos:
-        parts.append(f"cos {_num(s['cos'])} < {t.cos}")
+        parts.append(f"cos {fmt_num(s['cos'])} < {t.cos}")
     if s["rmse"] > t.rmse:
-        parts.append(f"rmse {_num(s['rmse'])} > {t.rmse}")
-    return ", ".join(parts) or f"cos {_num(s['cos'])}, rmse {_num(s['rmse'])} within thresholds"
+        parts.append(f"rmse {fmt_num(s['rmse'])} > {t.rmse}")
+    return ", ".join(parts) or f"cos {fmt_num(s['cos'])}, rmse {fmt_num(s['rmse'])} within thresholds"
 
 
 def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> str:
@@ -58,7 +58,7 @@ def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -
     lines = [
         f"{result.spec.name}: {comparison.reference} vs {comparison.target}: layer {r.layer.name} "
         f"({r.layer.op_type}, tensor {r.layer.tensor}): {_breaks(r)}",
-        f"  mean over {s.samples} samples; worst sample cos {_num(s.worst['cos'])}, rmse {_num(s.worst['rmse'])}",
+        f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}",
     ]
     first = comparison.first_diverging
     if first is not None:
@@ -82,11 +82,11 @@ def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -
 def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> str:
     s = r.summary
     lines = [f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}",
-             f"  mean over {s.samples} samples; worst sample cos {_num(s.worst['cos'])}, rmse {_num(s.worst['rmse'])}"]
+             f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
     fx = result.comparison("float", "fixed")
     if fx is not None:
         lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(
-            f"cos {_num(x.summary['cos'])} rmse {_num(x.summary['rmse'])}"
+            f"cos {fmt_num(x.summary['cos'])} rmse {fmt_num(x.summary['rmse'])}"
             for x in fx.layers if x.layer.tensor == r.layer.tensor and x.summary))
         if fx.first_diverging is not None:
             lines.append(f"  float vs fixed first diverges at {fx.first_diverging.layer.name}: start there")
@@ -131,7 +131,7 @@ def model_summary(result: ModelResult) -> str:
         worst = sorted(measured, key=lambda r: r.summary["cos"])[:3]
         lines.append(f"  {c.reference} vs {c.target}: first diverging layer: {first}; "
                      + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                     + ("; worst: " + ", ".join(f"{r.layer.name} cos {_num(r.summary['cos'])}" for r in worst)
+                     + ("; worst: " + ", ".join(f"{r.layer.name} cos {fmt_num(r.summary['cos'])}" for r in worst)
                         if worst else ""))
         if c.diagnosis is not None:
             lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}")

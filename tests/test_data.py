@@ -404,3 +404,23 @@ def test_property_load_samples_fits_or_raises_input_error(tmp_path_factory, case
             assert _fits(arr.shape, info.shape), (info, arr.shape)
             if np.issubdtype(info.dtype, np.floating):
                 assert np.isfinite(arr).all()
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_uncompressed_npz_is_streamed_sample_by_sample(tmp_path, save):
+    """Evaluation data is not held in memory when it can be read in place (memory flat in N)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 3, 4, 4)).astype(np.float64)
+    ids = rng.integers(0, 9, size=(5, 1, 6)).astype(np.int32)
+    save(tmp_path / "d.npz", x=x, ids=ids)
+    inputs = (InputInfo("x", np.dtype(np.float32), (None, 3, 4, 4)), InputInfo("ids", np.dtype(np.int64), (1, 6)))
+    samples = load_samples(tmp_path / "d.npz", None, inputs, tmp_path / "s.yaml", "models[0].evaluation.data")
+    rows = samples.arrays[0]
+    assert rows["x"].streamed == (save is np.savez)
+    got = list(samples)
+    assert len(got) == 5
+    for i, sample in enumerate(got):
+        assert sample["x"].dtype == np.float32 and sample["x"].shape == (1, 3, 4, 4)
+        np.testing.assert_array_equal(sample["x"][0], x[i].astype(np.float32))
+        assert sample["ids"].dtype == np.int64
+        np.testing.assert_array_equal(sample["ids"], ids[i])
