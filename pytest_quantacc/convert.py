@@ -30,7 +30,7 @@ import onnx
 
 from . import __version__
 from .data import Samples
-from .hardening import (check_quantizable, explain_quantizer_failure, inherit_names, upgrade_opset,
+from .hardening import (FLOAT_REWRITES, check_quantizable, explain_quantizer_failure, inherit_names, upgrade_opset,
                         with_explanation)
 from .onnxgraph import consumers, input_infos, name_nodes
 from .spec import ModelSpec, Quantization
@@ -74,7 +74,7 @@ def _file_digest(path: Path) -> str:
 def _model_key(model: Path) -> str:
     """Model bytes plus any external-data files beside it, and the tool versions that shape the float model."""
     ort = _ort()
-    parts = [_file_digest(model), ort.__version__, onnx.__version__, __version__]
+    parts = [_file_digest(model), ort.__version__, onnx.__version__, __version__, FLOAT_REWRITES]
     try:
         proto = onnx.load(str(model), load_external_data=False)
     except Exception:  # not ONNX: the key only has to differ; load_onnx reports the problem

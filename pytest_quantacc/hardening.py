@@ -23,6 +23,9 @@ from .errors import QuantaccInputError
 from .spec import ModelSpec
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute
+# Part of float.onnx's cache key: a float.onnx written before these rewrites (opset upgrade, inherited
+# names) must not be reused.
+FLOAT_REWRITES = "opset13+inherited-names"
 _HISTOGRAM_METHODS = ("entropy", "percentile")
 _EXTREME = 1e30  # beyond any real activation; where fill values such as float32.min live
 

@@ -180,3 +180,25 @@ def test_corpus_models_are_reproducible(tmp_path):
     b = corpus.detection_cnn(tmp_path / "b")
     assert a.model.read_bytes() == b.model.read_bytes()
     np.testing.assert_array_equal(np.load(a.calib)["images"], np.load(b.calib)["images"])
+
+
+def test_per_channel_on_an_old_opset_that_cannot_be_upgraded_is_refused(tmp_path, models):
+    """When onnx's converter cannot lift a model to opset 13, per-channel is refused before the quantizer
+    writes a model that does not load (the check itself, on the user's opset-11 graph)."""
+    from pytest_quantacc.data import load_samples
+    from pytest_quantacc.errors import QuantaccInputError
+    from pytest_quantacc.hardening import check_quantizable
+    from pytest_quantacc.onnxgraph import input_infos
+
+    cm = models["opset11_cnn"]
+    entry = {"name": "op11", "model": str(cm.model), "calibration": {"data": str(cm.calib)},
+             "quantization": {"per_channel": True}}
+    spec_path = write_spec(tmp_path / "s.yaml", [entry])
+    mspec = load_spec(spec_path).models[0]
+    model = onnx.load(str(cm.model))
+    samples = load_samples(cm.calib, None, input_infos(model), spec_path, "models[0].calibration.data")
+    with pytest.raises(QuantaccInputError) as info:
+        check_quantizable(mspec, model, samples, ["Conv", "Relu"])
+    assert info.value.message.startswith(f"{spec_path}: models[0].quantization.per_channel: per-channel "
+                                         f"quantization needs opset >= 13")
+    assert "opset 11" in info.value.message
