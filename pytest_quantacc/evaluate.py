@@ -20,7 +20,7 @@ from .diagnose import apply_inheritance, diagnose
 from .errors import QuantaccInputError
 from .match import Layer, match_layers
 from .metrics import Accumulator, Agreement, AgreementAccumulator, Summary, tensor_metrics
-from .simulate import Runner, isolate
+from .simulate import Runner, isolate, pipelined
 from .spec import KnownBad, ModelSpec, Spec, Thresholds
 
 PASSED, FAILED, XFAILED, XPASSED, SKIPPED = "passed", "failed", "xfailed", "xpassed", "skipped"
@@ -215,11 +215,12 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) ->
     off_skip: dict[str, str] = {}
     agree = {lay.quant_tensor: AgreementAccumulator(lay.quant_tensor, mspec.offline.tolerance_steps)
              for lay in quantized}
-    for sample in evals:
-        f = float_run.run(sample) if "float" in modes else {}
-        fx = fixed_run.run(sample) if fixed_run else {}
-        off = offline_run.run(sample) if offline_run else {}
-        deployed = deployed_run.run(sample) if deployed_run else {}
+    def run(sample):
+        return (float_run.run(sample) if "float" in modes else {}, fixed_run.run(sample) if fixed_run else {},
+                offline_run.run(sample) if offline_run else {}, deployed_run.run(sample) if deployed_run else {})
+
+    def reduce(results) -> None:
+        f, fx, off, deployed = results
         if f and fx:
             for lay in compared:
                 _compare(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
@@ -231,6 +232,8 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) ->
                 a, b = fx.get(lay.quant_tensor), off.get(lay.quant_tensor)
                 if a is not None and b is not None and a.shape == b.shape:
                     agree[lay.quant_tensor].add(a, b)
+
+    pipelined(evals, run, reduce, overlap=threads != 1)
 
     comparisons = []
     if "float" in modes and "fixed" in modes:
@@ -277,12 +280,17 @@ def _with_own_error(comparison: Comparison, art: Artifacts, layers: list[Layer],
     own_run = Runner(model, [own_names[lay.quant_tensor] for lay in targets], optimize=False, threads=threads,
                      spill_dir=art.workdir)
     accs: dict[str, Accumulator] = {lay.tensor: Accumulator() for lay in targets}
-    for sample in evals:
+    def run(sample):
         f = float_run.run(sample)
-        o = own_run.run({**{k: v for k, v in sample.items() if k in own_run.inputs},
-                         **{fed: f[name] for fed, name in feeds.items()}})
+        return f, own_run.run({**{k: v for k, v in sample.items() if k in own_run.inputs},
+                               **{fed: f[name] for fed, name in feeds.items()}})
+
+    def reduce(outputs) -> None:
+        f, o = outputs
         for lay in targets:
             accs[lay.tensor].add(tensor_metrics(f[lay.tensor], o[own_names[lay.quant_tensor]]))
+
+    pipelined(evals, run, reduce, overlap=threads != 1)
     return comparison.with_layers(tuple(
         replace(r, own=accs[r.layer.tensor].summary()) if r.layer.tensor in accs else r for r in comparison.layers))
 
