@@ -273,12 +273,12 @@ def _inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
 def _with_own_error(comparison: Comparison, art: Artifacts, layers: list[Layer], evals: Samples, float_run: Runner,
                     threads: int) -> Comparison:
     """Second pass: each quantized layer's own error, from the fixed model rewired to read float values."""
-    model, feeds, own_names = isolate(onnx.load(str(art.fixed_model)))
+    model, feeds, own_names = isolate(onnx.load(str(art.fixed_model), load_external_data=False))
     targets = [lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names]
     if not targets or not set(feeds.values()) <= set(float_run.outputs):
         return comparison
     own_run = Runner(model, [own_names[lay.quant_tensor] for lay in targets], optimize=False, threads=threads,
-                     spill_dir=art.workdir)
+                     data_dir=art.workdir)
     accs: dict[str, Accumulator] = {lay.tensor: Accumulator() for lay in targets}
     def run(sample):
         f = float_run.run(sample)

@@ -269,11 +269,11 @@ def check_pipeline(mspec, float_model: Path, evals, threads: int = 0) -> Pipelin
 
     p = mspec.preprocess
     hook = _load_hook(mspec)
-    original = onnx.load(str(mspec.model))
+    original = onnx.load(str(mspec.model), load_external_data=False)
     outputs = [o.name for o in original.graph.output]
     inits = {i.name for i in original.graph.initializer}
     in_name = next(i.name for i in original.graph.input if i.name not in inits)
-    orig_run = Runner(original, outputs, optimize=False, threads=threads)
+    orig_run = Runner(original, outputs, optimize=False, threads=threads, data_dir=mspec.model.parent)
     float_run = Runner(float_model, outputs, optimize=False, threads=threads)
     accs = {o: Accumulator() for o in outputs}
     samples = []

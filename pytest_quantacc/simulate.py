@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,19 +19,21 @@ import onnx
 
 from .onnxgraph import elem_types, expose
 
-_PROTO_LIMIT = 1_900_000_000  # below protobuf's 2 GB message limit
-
-
 class Runner:
-    """One inference session over a model with extra tensors exposed; ``run`` returns them by name."""
+    """One inference session over a model with extra tensors exposed; ``run`` returns them by name.
+
+    Weights stored as external data are never loaded into Python: the graph is read without them, the
+    exposed copy is handed to ONNX Runtime as bytes and ORT reads the weights from ``data_dir`` itself. So a
+    model beyond protobuf's 2 GB limit costs no copy on disk and no second copy in memory.
+    """
 
     def __init__(self, model: onnx.ModelProto | Path, tensors: Iterable[str], optimize: bool, threads: int = 0,
-                 spill_dir: Path | None = None) -> None:
+                 data_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
         if isinstance(model, Path):
-            spill_dir = spill_dir or model.parent
-            model = onnx.load(str(model))
+            data_dir = data_dir or model.parent
+            model = onnx.load(str(model), load_external_data=False)
         model = expose(model, list(dict.fromkeys(tensors)))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
@@ -40,17 +41,12 @@ class Runner:
         opts.intra_op_num_threads = threads
         # Spinning worker threads keep cores busy between runs, starving the metric code that runs there.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if data_dir is not None:
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(data_dir))
         opts.log_severity_level = 3
         self.outputs = [o.name for o in model.graph.output]
         self.inputs = [i.name for i in model.graph.input]
-        if model.ByteSize() < _PROTO_LIMIT:
-            self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        else:
-            # Too large to pass as bytes: save beside the artifacts; kept while the session may map it.
-            self._tmp = tempfile.TemporaryDirectory(dir=spill_dir, prefix=".big.")
-            path = os.path.join(self._tmp.name, "model.onnx")
-            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
-            self._session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(self.outputs, feeds)
