@@ -162,7 +162,8 @@ def results_key(mspec: ModelSpec, float_key: str) -> str:
     return _digest(*parts)
 
 
-def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: bool = True) -> Evaluated:
+def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: bool = True,
+                    memory_budget: int | None = None) -> Evaluated:
     """``evaluate_model`` plus task accuracy, through the cache; at most one process works on a model at a time."""
     workdir = workdir_for(base, mspec)
     with locked(workdir):
@@ -179,7 +180,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
             reused = _reuse(workdir, key, mspec, float_path)
             if reused is not None:
                 return reused
-        result = evaluate_model(mspec, base, threads)
+        result = evaluate_model(mspec, base, threads, memory_budget)
         accuracy = accuracy_error = None
         if result.error is None and mspec.accuracy is not None:
             try:

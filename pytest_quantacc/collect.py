@@ -16,6 +16,7 @@ import pytest
 
 from . import baseline, report
 from .cache import Evaluated, cached_float, evaluate_cached, restore
+from .chunking import parse_size
 from .errors import QuantaccInputError
 from .evaluate import SKIPPED, LayerResult, ModelResult
 from .match import Layer, float_layers
@@ -48,6 +49,7 @@ class QuantaccRun:
     checks: dict[tuple[Path, str], baseline.BaselineCheck] = field(default_factory=dict)
     sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
     written_baselines: list[Path] = field(default_factory=list)
+    memory_budget: int | None = None  # bytes; None: chunking.default_budget()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -61,12 +63,19 @@ class QuantaccRun:
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
+        budget = config.getoption("quantacc_memory_budget") or config.getini("quantacc_memory_budget") or None
+        if budget is not None:
+            try:
+                budget = parse_size(budget)
+            except ValueError as exc:
+                raise pytest.UsageError(f"--quantacc-memory-budget / quantacc_memory_budget: {exc}") from None
         return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
                    remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
                    use_cache=not config.getoption("quantacc_no_cache"),
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
-                   tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")))
+                   tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
+                   memory_budget=budget)
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -86,7 +95,8 @@ class QuantaccRun:
         """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
         if key not in self.evaluated:
-            evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache)
+            evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
+                                        self.memory_budget)
             # Diagnosis statistics and remedy search are not cached: they run only for failing models.
             evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies))
             self.evaluated[key] = evaluated

@@ -107,6 +107,16 @@ class Samples:
     def __len__(self) -> int:
         return self.count
 
+    def largest_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per input, the shape of its largest sample as fed, known without reading any sample (for planning)."""
+        best: dict[str, tuple[int, ...]] = {}
+        for arrays, add in zip(self.arrays, self.adders):
+            for k, rows in arrays.items():
+                shape = ((1,) if add[k] else ()) + tuple(rows.shape[1:])
+                if k not in best or np.prod(shape, dtype=np.int64) > np.prod(best[k], dtype=np.int64):
+                    best[k] = shape
+        return best
+
 
 def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))

@@ -20,6 +20,8 @@ from .diagnose import apply_inheritance, diagnose
 from .errors import QuantaccInputError
 from .match import Layer, match_layers
 from .metrics import Accumulator, Agreement, AgreementAccumulator, Summary, tensor_metrics
+from .chunking import Plan, default_budget, plan, tensor_bytes
+from .onnxgraph import prune
 from .simulate import Runner, isolate, pipelined
 from .spec import KnownBad, ModelSpec, Spec, Thresholds
 
@@ -91,6 +93,8 @@ class ModelResult:
     seconds: dict[str, float] = field(default_factory=dict)
     command: object | None = None  # external.CommandRun of a dump-writing command
     pipeline: object | None = None  # pipeline.PipelineResult of mode original
+    passes: int = 1  # passes over the graph the memory budget required (chunking.py)
+    memory: str | None = None  # why there was more than one pass
 
     def comparison(self, reference: str, target: str) -> Comparison | None:
         return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)
@@ -147,8 +151,11 @@ def _compare(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f,
         acc.setdefault(tensor, Accumulator()).add(tensor_metrics(f, q))
 
 
-def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResult:
-    """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised."""
+def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None) -> ModelResult:
+    """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised.
+
+    ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
+    """
     if mspec.dumps:
         from .external import evaluate_dumps
 
@@ -167,7 +174,7 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResul
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    result = _simulate(mspec, artifacts, evals, threads)
+    result = _simulate(mspec, artifacts, evals, threads, memory_budget)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline import check_pipeline
@@ -179,68 +186,97 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0) -> ModelResul
     return replace(result, seconds=seconds)
 
 
-def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) -> ModelResult:
+def _plan(float_model: onnx.ModelProto, layers: list[Layer], evals: Samples, modes: set[str],
+          memory_budget: int | None, in_flight: int) -> Plan:
+    """The passes over the graph: one unless one sample's compared tensors would not fit the budget."""
+    items = [lay.tensor for lay in layers if lay.skip is None or lay.quant_tensor]
+    sizes = tensor_bytes(float_model, evals.largest_shapes())
+    by_tensor = {lay.tensor: lay for lay in layers}
+
+    def cost(tensor: str) -> int | None:
+        b = sizes.get(tensor)
+        if b is None:
+            return None
+        lay = by_tensor[tensor]
+        exposed = 2 * b if lay.skip is None and "fixed" in modes else 0  # float and fixed copies
+        if lay.quant_tensor and {"fixed", "offline"} <= modes:  # integer copies in fixed and offline
+            exposed += 2 * (b // 4) * (2 if lay.qparams and "16" in lay.qparams.dtype else 1)
+        return exposed
+
+    return plan(items, cost, memory_budget, in_flight)
+
+
+def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
+              memory_budget: int | None = None) -> ModelResult:
     float_model = onnx.load(str(art.float_model), load_external_data=False)
     fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
     layers = match_layers(float_model, fixed_model)
     outputs = [o.name for o in float_model.graph.output]
     out_ops = {t: (n.name, n.op_type) for n in float_model.graph.node for t in n.output}
     modes = set(mspec.modes)
-    compared = [lay for lay in layers if lay.skip is None]
-    quantized = [lay for lay in layers if lay.quant_tensor]
-
-    # Expose only what is compared (and what the own-error pass feeds back): every extra output is a copy.
-    q_inputs = [n.input[0].removesuffix("_QuantizeLinear_Input") for n in fixed_model.graph.node
-                if n.op_type == "QuantizeLinear"]
-    float_run = Runner(art.float_model, [lay.tensor for lay in compared] + q_inputs + outputs, optimize=False,
-                       threads=threads)
-    fixed_run = offline_run = None
-    if "fixed" in modes:
-        wanted = [lay.fixed_tensor for lay in compared]
-        if "offline" in modes:
-            wanted += [lay.quant_tensor for lay in quantized]
-        fixed_run = Runner(art.fixed_model, wanted + outputs, optimize=False, threads=threads)
-    deployed_run = None
-    if "offline" in modes:
-        # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
-        # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
-        deployed_run = Runner(art.fixed_model, outputs, optimize=True, threads=threads)
-        if "fixed" in modes:
-            offline_run = Runner(art.fixed_model, [lay.quant_tensor for lay in quantized], optimize=True,
-                                 threads=threads)
+    overlap = threads != 1
+    budget = memory_budget if memory_budget is not None else default_budget()
+    passes = _plan(float_model, layers, evals, modes, budget, 2 if overlap else 1)
 
     fx_acc: dict[str, Accumulator] = {}
     fx_skip: dict[str, str] = {}
     off_acc: dict[str, Accumulator] = {}
     off_skip: dict[str, str] = {}
     agree = {lay.quant_tensor: AgreementAccumulator(lay.quant_tensor, mspec.offline.tolerance_steps)
-             for lay in quantized}
-    def run(sample):
-        return (float_run.run(sample) if "float" in modes else {}, fixed_run.run(sample) if fixed_run else {},
-                offline_run.run(sample) if offline_run else {}, deployed_run.run(sample) if deployed_run else {})
+             for lay in layers if lay.quant_tensor}
+    for k, chunk in enumerate(passes.passes):
+        in_pass = set(chunk)
+        compared = [lay for lay in layers if lay.skip is None and lay.tensor in in_pass]
+        quantized = [lay for lay in layers if lay.quant_tensor and lay.tensor in in_pass]
+        outs = outputs if k == 0 else []  # model outputs are compared once, in the first pass
 
-    def reduce(results) -> None:
-        f, fx, off, deployed = results
-        if f and fx:
-            for lay in compared:
-                _compare(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
-        if f and deployed:
-            for name in outputs:
-                _compare(off_acc, off_skip, name, f.get(name), deployed.get(name))
-        if fx and off:
-            for lay in quantized:
-                a, b = fx.get(lay.quant_tensor), off.get(lay.quant_tensor)
-                if a is not None and b is not None and a.shape == b.shape:
-                    agree[lay.quant_tensor].add(a, b)
+        def session(model: onnx.ModelProto, wanted: list[str], optimize: bool = False) -> Runner | None:
+            # Each pass computes only what it compares: the graph is pruned to the exposed tensors.
+            return Runner(prune(model, wanted), [], optimize, threads, data_dir=art.workdir) if wanted else None
 
-    pipelined(evals, run, reduce, overlap=threads != 1)
+        both = {"float", "fixed"} <= modes
+        float_run = session(float_model, ([lay.tensor for lay in compared] if both else []) +
+                            (outs if "offline" in modes else [])) if "float" in modes else None
+        fixed_run = offline_run = deployed_run = None
+        if "fixed" in modes:
+            wanted = [lay.fixed_tensor for lay in compared] if both else []
+            if "offline" in modes:
+                wanted += [lay.quant_tensor for lay in quantized]
+            fixed_run = session(fixed_model, wanted)
+        if "offline" in modes and outs:
+            # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
+            # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
+            deployed_run = Runner(fixed_model, [], optimize=True, threads=threads, data_dir=art.workdir)
+        if {"fixed", "offline"} <= modes:
+            offline_run = session(fixed_model, [lay.quant_tensor for lay in quantized], optimize=True)
+
+        def run(sample, float_run=float_run, fixed_run=fixed_run, offline_run=offline_run,
+                deployed_run=deployed_run):
+            return tuple(r.run(sample) if r else {} for r in (float_run, fixed_run, offline_run, deployed_run))
+
+        def reduce(results, compared=compared, quantized=quantized, outs=outs) -> None:
+            f, fx, off, deployed = results
+            if f and fx:
+                for lay in compared:
+                    _compare(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
+            if f and deployed:
+                for name in outs:
+                    _compare(off_acc, off_skip, name, f.get(name), deployed.get(name))
+            if fx and off:
+                for lay in quantized:
+                    a, b = fx.get(lay.quant_tensor), off.get(lay.quant_tensor)
+                    if a is not None and b is not None and a.shape == b.shape:
+                        agree[lay.quant_tensor].add(a, b)
+
+        pipelined(evals, run, reduce, overlap=overlap)
+        del float_run, fixed_run, offline_run, deployed_run, run  # free this pass's sessions before the next
 
     comparisons = []
     if "float" in modes and "fixed" in modes:
         main = _finish(layers, fx_acc, fx_skip, mspec, "float", "fixed")
         if main.first_diverging is not None:
             # Only a failing model pays for the second pass that separates own from inherited error.
-            main = _with_own_error(main, art, layers, evals, float_run, threads)
+            main = _with_own_error(main, art, float_model, layers, evals, passes, threads)
             main = apply_inheritance(float_model, main)
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:
@@ -254,8 +290,9 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int) ->
     if "fixed" in modes and "offline" in modes:
         agreement = AgreementResult(tuple(a.result() for a in agree.values() if a.elements),
                                     mspec.offline.tolerance_steps, mspec.offline.max_mismatch_rate)
-    return ModelResult(mspec, art, tuple(comparisons), agreement, quantized_layers=len(quantized),
-                       samples=len(evals))
+    return ModelResult(mspec, art, tuple(comparisons), agreement, quantized_layers=sum(1 for x in layers if x.quant_tensor),
+                       samples=len(evals), passes=passes.count,
+                       memory=passes.describe() if passes.count > 1 else None)
 
 
 def _inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
@@ -270,31 +307,42 @@ def _inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
     return outputs.with_layers(tuple(layers))
 
 
-def _with_own_error(comparison: Comparison, art: Artifacts, layers: list[Layer], evals: Samples, float_run: Runner,
-                    threads: int) -> Comparison:
+def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.ModelProto, layers: list[Layer],
+                    evals: Samples, passes: Plan, threads: int) -> Comparison:
     """Second pass: each quantized layer's own error, from the fixed model rewired to read float values."""
     model, feeds, own_names = isolate(onnx.load(str(art.fixed_model), load_external_data=False))
-    targets = [lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names]
-    if not targets or not set(feeds.values()) <= set(float_run.outputs):
+    targets = {lay.tensor: lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names}
+    known = {t for n in float_model.graph.node for t in n.output} | {i.name for i in float_model.graph.input}
+    if not targets or not set(feeds.values()) <= known:
         return comparison
-    own_run = Runner(model, [own_names[lay.quant_tensor] for lay in targets], optimize=False, threads=threads,
-                     data_dir=art.workdir)
-    accs: dict[str, Accumulator] = {lay.tensor: Accumulator() for lay in targets}
-    def run(sample):
-        f = float_run.run(sample)
-        return f, own_run.run({**{k: v for k, v in sample.items() if k in own_run.inputs},
-                               **{fed: f[name] for fed, name in feeds.items()}})
+    accs: dict[str, Accumulator] = {t: Accumulator() for t in targets}
+    overlap = threads != 1
+    for chunk in passes.passes:
+        todo = [targets[t] for t in chunk if t in targets]
+        if not todo:
+            continue
+        # Pruned to the pass's layers, the rewired model reads only the float values those layers need.
+        own_run = Runner(prune(model, [own_names[lay.quant_tensor] for lay in todo]), [], optimize=False,
+                         threads=threads, data_dir=art.workdir)
+        fed = {f: feeds[f] for f in own_run.inputs if f in feeds}
+        float_run = Runner(prune(float_model, [lay.tensor for lay in todo] + list(fed.values())), [], optimize=False,
+                           threads=threads, data_dir=art.workdir)
 
-    def reduce(outputs) -> None:
-        f, o = outputs
-        for lay in targets:
-            accs[lay.tensor].add(tensor_metrics(f[lay.tensor], o[own_names[lay.quant_tensor]]))
+        def run(sample, own_run=own_run, float_run=float_run, fed=fed):
+            f = float_run.run(sample)
+            return f, own_run.run({**sample, **{name: f[tensor] for name, tensor in fed.items()}})
 
-    pipelined(evals, run, reduce, overlap=threads != 1)
+        def reduce(outputs, todo=todo) -> None:
+            f, o = outputs
+            for lay in todo:
+                accs[lay.tensor].add(tensor_metrics(f[lay.tensor], o[own_names[lay.quant_tensor]]))
+
+        pipelined(evals, run, reduce, overlap=overlap)
+        del own_run, float_run, run
     return comparison.with_layers(tuple(
         replace(r, own=accs[r.layer.tensor].summary()) if r.layer.tensor in accs else r for r in comparison.layers))
 
 
-def evaluate(spec: Spec, base: Path, threads: int = 0) -> list[ModelResult]:
+def evaluate(spec: Spec, base: Path, threads: int = 0, memory_budget: int | None = None) -> list[ModelResult]:
     """Evaluate every valid model of a spec (entries that failed validation are in ``spec.broken``)."""
-    return [evaluate_model(m, base, threads) for m in spec.models]
+    return [evaluate_model(m, base, threads, memory_budget) for m in spec.models]

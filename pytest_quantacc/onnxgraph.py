@@ -83,3 +83,54 @@ def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
             if t:
                 out.setdefault(t, []).append(n)
     return out
+
+
+def _outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) may read from the enclosing graph."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for n in g.node:
+                names.update(n.input)
+                names |= _outer_names(n)
+            names.update(o.name for o in g.output)
+    return names
+
+
+def prune(model: onnx.ModelProto, outputs: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that computes only ``outputs``, which become its graph outputs.
+
+    Nodes, initializers and inputs nothing requested depends on are dropped, so a session over an early
+    part of a big graph neither runs nor loads the rest. Kept nodes stay in their original order, and with
+    optimizations off each runs the same kernel on the same inputs: the values are the full graph's.
+    """
+    wanted = list(dict.fromkeys(outputs))
+    prod = producers(model)
+    needed = set(wanted)
+    stack = list(wanted)
+    keep: set[int] = set()
+    while stack:
+        node = prod.get(stack.pop())
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        for t in {*node.input, *_outer_names(node)}:
+            if t and t not in needed:
+                needed.add(t)
+                stack.append(t)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    nodes = [n for n in model.graph.node if id(n) in keep]
+    del g.node[:]
+    g.node.extend(nodes)
+    inits = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    inputs = [i for i in g.input if i.name in needed]
+    del g.input[:]
+    g.input.extend(inputs)
+    typed = {o.name: o for o in model.graph.output}
+    del g.output[:]
+    g.output.extend(typed.get(t, onnx.ValueInfoProto(name=t)) for t in wanted)
+    return out

@@ -25,6 +25,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where converted models are written (default: inside pytest's cache directory)")
     group.addoption("--quantacc-threads", metavar="N", type=int, default=0,
                     help="ONNX Runtime intra-op threads per session (default 0: ONNX Runtime decides)")
+    group.addoption("--quantacc-memory-budget", metavar="SIZE", default=None,
+                    help="memory the compared tensors of one sample may take (e.g. 4GB, 512MiB); a model that needs "
+                         "more is evaluated in several passes over its graph (default: a quarter of the available "
+                         "memory; ini: quantacc_memory_budget)")
     group.addoption("--quantacc-remedies", metavar="N", type=int, default=None,
                     help="when a layer fails, try at most N remedies (re-conversions) and report the smallest "
                          "that makes every layer pass (default 8; 0 turns remedies off)")
@@ -44,6 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="a layer fails when its cos drops more than this below its baseline (spec: baseline.tolerance)")
     parser.addini("quantacc_baseline_tolerance_rmse", default="0.01",
                   help="a layer fails when its rmse rises more than this above its baseline")
+    parser.addini("quantacc_memory_budget", default="",
+                  help="default for --quantacc-memory-budget (e.g. 4GB)")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
 

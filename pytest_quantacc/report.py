@@ -117,6 +117,8 @@ def model_summary(result: ModelResult) -> str:
         return f"{name}: ERROR {result.error.message}"
     compared = "dumped tensors compared" if result.spec.dumps else "quantized tensors"
     lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
+    if result.memory:
+        lines.append(f"  memory: {result.memory}")
     if result.pipeline is not None:
         p = result.pipeline
         fits = [x.mistake for x in p.suspects if x.fits]
@@ -172,7 +174,7 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
         except ValueError:
             pass
     out: dict = {"name": result.spec.name, "spec": str(spec), "status": result.status, "samples": result.samples,
-                 "quantized_layers": result.quantized_layers}
+                 "quantized_layers": result.quantized_layers, "passes": result.passes}
     if result.error is not None:
         out["error"] = result.error.message
     if result.artifacts is not None:

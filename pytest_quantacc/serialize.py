@@ -99,6 +99,7 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
                                              "max_mismatch_rate": a.max_mismatch_rate},
         "error": None if err is None else {"spec": err.spec, "key": err.key, "problem": err.problem},
         "quantized_layers": result.quantized_layers, "samples": result.samples, "seconds": dict(result.seconds),
+        "passes": result.passes, "memory": result.memory,
         "accuracy": None if accuracy is None else asdict(accuracy),
     }
 
@@ -114,7 +115,8 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
     err = d["error"]
     error = QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
-                         d["quantized_layers"], d["samples"], dict(d["seconds"]))
+                         d["quantized_layers"], d["samples"], dict(d["seconds"]),
+                         passes=d.get("passes", 1), memory=d.get("memory"))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
 

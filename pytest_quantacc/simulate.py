@@ -46,10 +46,12 @@ class Runner:
         opts.log_severity_level = 3
         self.outputs = [o.name for o in model.graph.output]
         self.inputs = [i.name for i in model.graph.input]
+        self._fed = set(self.inputs)
         self._session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self._session.run(self.outputs, feeds)
+        # A graph pruned to part of the model may not read every input the caller has.
+        values = self._session.run(self.outputs, {k: v for k, v in feeds.items() if k in self._fed})
         return dict(zip(self.outputs, values))
 
 
