@@ -98,7 +98,8 @@ class QuantaccRun:
             evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
                                         self.memory_budget)
             # Diagnosis statistics and remedy search are not cached: they run only for failing models.
-            evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies))
+            evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
+                                                        self.memory_budget))
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]

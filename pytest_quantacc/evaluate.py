@@ -186,7 +186,7 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     return replace(result, seconds=seconds)
 
 
-def _plan(float_model: onnx.ModelProto, layers: list[Layer], evals: Samples, modes: set[str],
+def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Samples, modes: set[str],
           memory_budget: int | None, in_flight: int) -> Plan:
     """The passes over the graph: one unless one sample's compared tensors would not fit the budget."""
     items = [lay.tensor for lay in layers if lay.skip is None or lay.quant_tensor]
@@ -216,7 +216,7 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
     modes = set(mspec.modes)
     overlap = threads != 1
     budget = memory_budget if memory_budget is not None else default_budget()
-    passes = _plan(float_model, layers, evals, modes, budget, 2 if overlap else 1)
+    passes = plan_passes(float_model, layers, evals, modes, budget, 2 if overlap else 1)
 
     fx_acc: dict[str, Accumulator] = {}
     fx_skip: dict[str, str] = {}

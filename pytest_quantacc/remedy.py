@@ -35,13 +35,15 @@ from pathlib import Path
 import onnx
 import yaml
 
+from .chunking import default_budget
 from .convert import _digest, _read_manifest, _write_manifest, model_inputs, quantize
 from .data import load_samples
 from .diagnose import Diagnosis
 from .errors import QuantaccInputError
-from .evaluate import FAILED, Comparison, ModelResult, _compare, _finish
+from .evaluate import FAILED, Comparison, ModelResult, _compare, _finish, plan_passes
 from .match import match_layers
 from .metrics import Accumulator
+from .onnxgraph import prune
 from .rootcause import Site, TensorStats, explain, gather, site
 from .simulate import Runner
 from .spec import ModelSpec, Override, Quantization
@@ -121,7 +123,8 @@ def _slug(label: str) -> str:
 class _Trial:
     """Re-convert and re-evaluate one model with patched quantization settings, sharing the float run."""
 
-    def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int) -> None:
+    def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int,
+                 memory_budget: int | None = None) -> None:
         art = result.artifacts
         self.mspec, self.art, self.root, self.threads = mspec, art, root, threads
         self.float_model = onnx.load(str(art.float_model), load_external_data=False)
@@ -133,15 +136,19 @@ class _Trial:
             mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
         fixed = result.comparison("float", "fixed")
         self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
+        # Under the memory budget the evaluation had, in as many passes over the graph (chunking.py).
+        self.passes = plan_passes(self.float_model, [r.layer for r in fixed.layers if r.layer.skip is None],
+                                  self.evals, {"float", "fixed"}, memory_budget or default_budget(), 1).passes
         self._cache: list[dict] | None = None
 
-    def _pairs(self):
-        """(sample, float values) per evaluation sample; the float values are computed once when they fit."""
+    def _pairs(self, tensors: list[str]):
+        """(sample, float values) per evaluation sample; computed once when they fit and there is one pass."""
         if self._cache is not None:
             yield from zip(self.evals, self._cache)
             return
-        float_run = Runner(self.art.float_model, self.tensors + self.outputs, optimize=False, threads=self.threads)
-        kept: list[dict] | None = []
+        float_run = Runner(prune(self.float_model, tensors), [], optimize=False, threads=self.threads,
+                           data_dir=self.art.workdir)
+        kept: list[dict] | None = [] if len(self.passes) == 1 else None
         size = 0
         for sample in self.evals:
             f = float_run.run(sample)
@@ -177,15 +184,19 @@ class _Trial:
         art = quantize(mspec, float_path, self.calib, float_path.parent)
         fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
         layers = match_layers(self.float_model, fixed_model)
-        compared = [lay for lay in layers if lay.skip is None and lay.tensor in self.tensors]
-        run = Runner(art.fixed_model, [lay.fixed_tensor for lay in compared] + self.outputs, optimize=False,
-                     threads=self.threads)
+        by_tensor = {lay.tensor: lay for lay in layers if lay.skip is None}
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
-        for sample, f in self._pairs():
-            fx = run.run(sample)
-            for lay in compared:
-                _compare(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
+        for chunk in self.passes:
+            compared = [by_tensor[t] for t in chunk if t in by_tensor]
+            if not compared:
+                continue
+            run = Runner(prune(fixed_model, [lay.fixed_tensor for lay in compared]), [], optimize=False,
+                         threads=self.threads, data_dir=art.workdir)
+            for sample, f in self._pairs(list(chunk)):
+                fx = run.run(sample)
+                for lay in compared:
+                    _compare(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
         comp = _finish(layers, accs, skips, mspec, "float", "fixed")
         return _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
 
@@ -290,7 +301,8 @@ def patch_yaml(patch: dict) -> str:
     return yaml.safe_dump({"quantization": patch}, sort_keys=False, default_flow_style=None).rstrip()
 
 
-def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS) -> ModelResult:
+def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
+           memory_budget: int | None = None) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
@@ -306,7 +318,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     layers = [r.layer for r in fixed.layers]
     try:
         where = site(float_model, layers, d.layer)
-        trial = _Trial(result.spec, result, d.layer, threads)
+        trial = _Trial(result.spec, result, d.layer, threads, memory_budget)
     except (KeyError, QuantaccInputError):
         return result
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)

@@ -125,3 +125,16 @@ def test_bad_budget_is_a_usage_error(pytester, zoo_models):
     res = pytester.runpytest("--quantacc", str(spec), "--quantacc-memory-budget", "plenty")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     res.stderr.fnmatch_lines(["*--quantacc-memory-budget*'plenty' is not a memory size*"])
+
+
+def test_remedy_search_in_passes_finds_the_same_remedy(tmp_path, zoo_models):
+    from pytest_quantacc.remedy import deepen
+
+    zm = zoo_models["weight_outlier_cnn"]
+    spec = load_spec(write_spec(tmp_path / "s.yaml", [zoo_entry("w", zm)]))
+    found = []
+    for budget in (1 << 40, 1):
+        result = evaluate_model(spec.models[0], tmp_path / f"work{budget}", memory_budget=budget)
+        d = deepen(result, attempts=4, memory_budget=budget).comparison("float", "fixed").diagnosis
+        found.append((d.remedy, d.remedy_result, [a.as_json()["label"] for a in d.attempts]) if d.remedy else None)
+    assert found[0] is not None and found[0] == found[1]
