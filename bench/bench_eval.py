@@ -20,7 +20,7 @@ Timed, in every case: from after the imports to the result, i.e. reading the .np
 loading the models into ONNX Runtime sessions, running every sample through both models, and reducing
 the outputs (a: one read each; b: the engine's metrics and report objects; c: ORT's SQNR). Not timed:
 Python start-up and imports, building the model and data, and quantization. Peak RSS is the child's
-``ru_maxrss`` (it includes the ~imports baseline, reported separately as "base").
+high-water RSS (``VmHWM``; it includes the ~imports baseline, reported separately as "base").
 
     python bench/bench_eval.py                 # full run (N = 8, 64, 256), prints the table
     python bench/bench_eval.py --quick         # tiny model and sizes, a smoke check (~30 s)
@@ -209,6 +209,16 @@ def _rss_now_mb() -> float:
     return float("nan")
 
 
+def _peak_rss_mb() -> float:
+    """This process image's high-water RSS (VmHWM). Not ``ru_maxrss``: Linux carries the parent's peak over
+    fork and exec into it, so a child forked from a big parent would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _load_npz(path: str) -> np.ndarray:
     with np.load(path) as z:
         return z["input"]
@@ -382,7 +392,7 @@ def run_child_main(args) -> None:
     cpu0, faults0 = ru0.ru_utime + ru0.ru_stime, ru0.ru_minflt
     out = {"a": child_floor, "b": child_quantacc, "c": child_ort}[args.child](args)
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    out["peak_rss_mb"] = ru.ru_maxrss / 1024  # KiB on Linux
+    out["peak_rss_mb"] = _peak_rss_mb()
     out["base_rss_mb"] = base_rss
     out["cpu_seconds"] = ru.ru_utime + ru.ru_stime - cpu0  # user + system, all threads, after the imports
     out["minor_faults"] = ru.ru_minflt - faults0
@@ -717,7 +727,7 @@ def render(info, model_info, resolution, ncal, threads, conv, rows, prof, total)
           "Wall seconds inside a fresh subprocess, from after the imports to the result: reading the data, "
           "preparing the models and ONNX Runtime sessions, every sample through the float and fixed models, and "
           "the reduction (a: one read per output; b: `evaluate_model`, which also checks the conversion cache; "
-          "c: ORT's pipeline). Peak RSS (MB) is the subprocess's `ru_maxrss`. The fastest of the repeated runs "
+          "c: ORT's pipeline). Peak RSS (MB) is the subprocess's high-water RSS (`VmHWM`). The fastest of the repeated runs "
           "is shown (runs in the breakdown).\n",
           "| N | a time | b time | c time | b/a | b/c | a RSS | b RSS | c RSS |",
           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -201,7 +201,7 @@ def child(args) -> None:
     cos = {r.layer.tensor: r.summary["cos"] for r in comp.layers if r.summary is not None} if comp else {}
     print("RESULT " + json.dumps({
         "seconds": wall, "samples": result.samples, "cpu_seconds": ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime,
-        "peak_rss_mb": ru.ru_maxrss / 1024, "ort_run": timers["ort_run"], "metrics": timers["metrics"],
+        "peak_rss_mb": next(int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM:")), "ort_run": timers["ort_run"], "metrics": timers["metrics"],
         "status": result.status, "cos": cos, "package": str(Path(pytest_quantacc.__file__).parent)}), flush=True)
 
 
