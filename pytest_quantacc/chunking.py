@@ -97,7 +97,7 @@ def tensor_bytes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> 
         if not tt.elem_type or not tt.HasField("shape"):
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if any(d is None for d in dims):
+        if any(d is None or d < 0 for d in dims):  # exporters write -1 for "unknown" too
             continue
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
         sizes[vi.name] = int(np.prod(dims, dtype=np.int64)) * itemsize
