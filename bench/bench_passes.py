@@ -56,7 +56,7 @@ def per_sample_bytes(spec: Path, base: Path) -> int:
     import onnx
 
     from pytest_quantacc import evaluate_model, load_spec
-    from pytest_quantacc.evaluate import plan_passes
+    from pytest_quantacc.engine import plan_passes
     from pytest_quantacc.match import match_layers
 
     mspec = load_spec(spec).models[0]

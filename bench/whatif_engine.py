@@ -123,7 +123,7 @@ def child(args) -> None:
     import pytest_quantacc
     from pytest_quantacc import evaluate_model, load_spec
 
-    ev = sys.modules["pytest_quantacc.evaluate"]  # the package re-exports a function named ``evaluate``
+    ev = sys.modules["pytest_quantacc.engine"]
     sim = sys.modules["pytest_quantacc.simulate"]
     timers = collections.Counter()
 

@@ -18,9 +18,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "QuantaccInputError": "errors",
-    "ModelResult": "evaluate",
-    "evaluate": "evaluate",
-    "evaluate_model": "evaluate",
+    "ModelResult": "engine",
+    "evaluate": "engine",
+    "evaluate_model": "engine",
     "ModelSpec": "spec",
     "Spec": "spec",
     "load_spec": "spec",

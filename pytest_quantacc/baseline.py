@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .evaluate import SKIPPED, Comparison, ModelResult
+from .engine import SKIPPED, Comparison, ModelResult
 from .spec import ModelSpec
 
 VERSION = 1

@@ -33,7 +33,7 @@ from . import __version__
 from .accuracy import AccuracyResult, evaluation_samples, task_accuracy
 from .convert import _data_key, _digest, _file_digest, _read_manifest, prepare_float, workdir_for
 from .errors import QuantaccInputError
-from .evaluate import ModelResult, evaluate_model
+from .engine import ModelResult, evaluate_model
 from .serialize import FORMAT, from_dict, recheck, to_dict
 from .spec import ModelSpec
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .baseline import BaselineCheck
 from .cache import Evaluated
-from .evaluate import FAILED
+from .engine import FAILED
 from .report import REPORT_VERSION, model_json, model_summary
 
 

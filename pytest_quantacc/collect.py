@@ -18,7 +18,7 @@ from . import baseline, report
 from .cache import Evaluated, cached_float, evaluate_cached, restore
 from .chunking import parse_size
 from .errors import QuantaccInputError
-from .evaluate import SKIPPED, LayerResult, ModelResult
+from .engine import SKIPPED, LayerResult, ModelResult
 from .match import Layer, float_layers
 from .remedy import DEFAULT_ATTEMPTS, deepen
 from .plugin import RUN_KEY

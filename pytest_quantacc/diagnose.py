@@ -16,7 +16,7 @@ import onnx
 from .onnxgraph import producers
 
 if TYPE_CHECKING:
-    from .evaluate import Comparison, LayerResult
+    from .engine import Comparison, LayerResult
 
 _MIXING_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "Einsum"}
 

@@ -73,7 +73,7 @@ def run_command(mspec: ModelSpec, cmd: Command, fields: dict[str, str]) -> Comma
 
 def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0):
     """Float model in ONNX Runtime vs dumped tensors, layer by layer (``evaluate_model`` for ``dumps`` specs)."""
-    from .evaluate import ModelResult, _compare, _finish
+    from .engine import ModelResult, _compare, _finish
 
     seconds: dict[str, float] = {}
     command = None

@@ -15,7 +15,7 @@ import html
 import math
 from collections.abc import Callable
 
-from .evaluate import Comparison, LayerResult, ModelResult
+from .engine import Comparison, LayerResult, ModelResult
 from .remedy import patch_yaml
 from .report import fmt_num
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .evaluate import ModelResult
+from .engine import ModelResult
 
 
 def _fixes(results: list[ModelResult]) -> dict[Path, dict[int, dict]]:

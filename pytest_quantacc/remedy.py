@@ -40,7 +40,7 @@ from .convert import _digest, _read_manifest, _write_manifest, model_inputs, qua
 from .data import load_samples
 from .diagnose import Diagnosis
 from .errors import QuantaccInputError
-from .evaluate import FAILED, Comparison, ModelResult, _compare, _finish, plan_passes
+from .engine import FAILED, Comparison, ModelResult, _compare, _finish, plan_passes
 from .match import match_layers
 from .metrics import Accumulator
 from .onnxgraph import prune

@@ -9,7 +9,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from .diagnose import offline_hints
-from .evaluate import FAILED, PASSED, Comparison, LayerResult, ModelResult
+from .engine import FAILED, PASSED, Comparison, LayerResult, ModelResult
 from .metrics import NAMES
 
 REPORT_VERSION = 1

@@ -22,7 +22,7 @@ from .accuracy import AccuracyResult
 from .convert import Artifacts
 from .diagnose import Diagnosis, apply_inheritance, diagnose
 from .errors import QuantaccInputError
-from .evaluate import (SKIPPED, AgreementResult, Comparison, LayerResult, ModelResult, _inherit_outputs,
+from .engine import (SKIPPED, AgreementResult, Comparison, LayerResult, ModelResult, _inherit_outputs,
                        _status)
 from .match import Layer, QParams
 from .metrics import Agreement, Summary
@@ -126,7 +126,7 @@ def dumps(result: ModelResult, accuracy: AccuracyResult | None = None) -> str:
 
 
 def _rejudge(c: Comparison, mspec: ModelSpec) -> Comparison:
-    """Statuses from stored metrics and the spec's current thresholds and known_bad (as ``evaluate._finish``)."""
+    """Statuses from stored metrics and the spec's current thresholds and known_bad (as ``engine._finish``)."""
     layers = []
     for r in c.layers:
         kb = mspec.known_bad_for(r.layer.name)

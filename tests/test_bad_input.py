@@ -17,7 +17,7 @@ import yaml
 import hypothesis  # noqa: F401  (its pytest plugin loads in the inner runs)
 import onnxruntime  # noqa: F401
 import pytest_quantacc.collect  # noqa: F401
-import pytest_quantacc.evaluate  # noqa: F401
+import pytest_quantacc.engine  # noqa: F401
 import zoo
 
 SPEC = "spec.yaml"

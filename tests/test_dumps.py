@@ -18,7 +18,7 @@ import pytest
 from conftest import EXAMPLE, write_spec
 from onnx import helper
 
-from pytest_quantacc.evaluate import evaluate_model
+from pytest_quantacc.engine import evaluate_model
 from pytest_quantacc.report import model_json
 from pytest_quantacc.spec import load_spec
 

@@ -134,3 +134,16 @@ def test_entropy_calibration_clips_where_minmax_does_not(tmp_path, zoo_models):
     assert scales["minmax"].keys() == scales["entropy"].keys()
     smaller = [t for t in scales["minmax"] if scales["entropy"][t] < 0.95 * scales["minmax"][t]]
     assert smaller, scales
+
+
+def test_readme_snippet_gets_the_functions_even_after_the_engine_was_imported():
+    """``from pytest_quantacc import evaluate`` once returned the submodule of the same name (the import system
+    binds a submodule on its package): the README's engine example must run as printed."""
+    import subprocess
+    import sys
+
+    code = ("import pytest_quantacc.engine, pytest_quantacc.collect\n"
+            "from pytest_quantacc import load_spec, evaluate, evaluate_model\n"
+            "print(callable(evaluate), callable(evaluate_model), callable(load_spec))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "True"]

@@ -142,7 +142,7 @@ def test_pipeline_spec_errors(tmp_path, preprocess, modes, expected):
     (PREPROCESS, "syntax error here", "cannot import hook.py: SyntaxError"),
 ])
 def test_pipeline_input_problems_fail_the_model(tmp_path, preprocess, hook, expected):
-    from pytest_quantacc.evaluate import evaluate_model
+    from pytest_quantacc.engine import evaluate_model
 
     extra = {}
     if hook is not None:
