@@ -109,9 +109,10 @@ def _assert_external(path: Path) -> None:
 # Entropy's threshold search costs ~1 s per calibrated tensor: two convs, their tensors only.
 @pytest.mark.parametrize("quantization", [{}, {"method": "entropy", "exclude_op_types": ["GlobalAveragePool",
                                                                                          "Flatten", "Gemm"]},
-                                          {"per_channel": True}], ids=["minmax", "entropy", "per_channel"])
+                                          {"method": "percentile"}, {"per_channel": True}],
+                         ids=["minmax", "entropy", "percentile", "per_channel"])
 def test_external_data_model_matches_the_same_model_in_one_file(tmp_path, healthy, shallow, quantization):
-    single, ext, data = shallow if quantization.get("method") == "entropy" else healthy
+    single, ext, data = shallow if quantization.get("method") in ("entropy", "percentile") else healthy
     r_ext = evaluate_model(_spec(tmp_path, ext, data, "ext", quantization=quantization), tmp_path / "w")
     r_one = evaluate_model(_spec(tmp_path, single, data, "one", quantization=quantization), tmp_path / "w")
     assert r_ext.error is None and r_one.error is None, (r_ext.error, r_one.error)
