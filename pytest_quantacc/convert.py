@@ -380,7 +380,7 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
             error = mspec.error("quantization", f"ONNX Runtime's quantizer failed: {type(exc).__name__}: "
                                 f"{_first_line(exc)}")
             raise with_explanation(error, explain_quantizer_failure(mspec, model, calibration, exc,
-                                                                    data_dir=workdir)) from None
+                                                                    data_dir=float_model.parent)) from None
         _write_manifest(workdir, {**manifest, "fixed": ""})  # files are replaced one by one below
         if external:
             # The quantizer wrote its weights to <tmp>/fixed.onnx.data: renamed into place with the graph,
@@ -399,6 +399,7 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
         except Exception as exc:  # the quantizer wrote a model ONNX Runtime rejects: say so, not a traceback
             raise mspec.error("quantization", f"ONNX Runtime cannot load the quantized model the quantizer wrote "
                               f"({fixed.name}): {_first_line(exc)}") from None
+        # ONNX Runtime already named the side file offline.onnx.data: it is moved, and the graph file as written.
         publish(onnx.load(opts.optimized_model_filepath, load_external_data=False), Path(tmp), offline,
                 lambda m, dest: os.replace(opts.optimized_model_filepath, dest))
     logs = tuple(dict.fromkeys(m for m in log if "pre-processing" not in m))
