@@ -18,6 +18,7 @@ import pytest
 from conftest import write_spec
 from onnx import helper
 
+import corpus
 import zoo
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.cache import QuantaccCacheWarning, evaluate_cached
@@ -28,7 +29,8 @@ CHANNELS = [3, 96, 96, 96, 96]
 HW = 8
 
 
-def _wide_cnn(dest: Path, outlier: bool, channels: list[int] = CHANNELS) -> tuple[Path, Path, Path]:
+def _wide_cnn(dest: Path, outlier: bool, channels: list[int] = CHANNELS, opset: int = zoo.OPSET
+              ) -> tuple[Path, Path, Path]:
     """Four 96-channel Conv3x3+Relu (332 KB of float, 83 KB of int8 weights each), GAP, Gemm; saved twice: one file, external data.
 
     ``outlier`` plants zoo.outlier_channel_cnn's fault: output channel 0 of conv2 x1000, the conv3 weights
@@ -41,7 +43,7 @@ def _wide_cnn(dest: Path, outlier: bool, channels: list[int] = CHANNELS) -> tupl
         convs[1][1][0] *= 1000.0
         convs[2][0][:, 0] /= 1000.0
     graph = zoo._cnn_graph("wide_cnn", convs, fc, hw=HW)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", zoo.OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = zoo.IR_VERSION
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(dest / "single.onnx"))
@@ -220,3 +222,33 @@ def test_plugin_runs_an_external_data_model(pytester, healthy):
     assert result.ret == 0 and outcomes["passed"] > 0 and "failed" not in outcomes
     sides = {p.name for p in pytester.path.rglob("*.onnx.data")}
     assert sides == {"float.onnx.data", "fixed.onnx.data", "offline.onnx.data"}
+
+
+def test_old_opset_is_upgraded_on_the_weightless_graph(tmp_path):
+    """onnx's version converter runs on float.onnx's graph without its weights; they stay external."""
+    single, ext, data = _wide_cnn(tmp_path / "m", outlier=False, channels=CHANNELS[:3], opset=11)
+    per_channel = {"per_channel": True}
+    r_ext = evaluate_model(_spec(tmp_path, ext, data, "ext", quantization=per_channel), tmp_path / "w")
+    r_one = evaluate_model(_spec(tmp_path, single, data, "one", quantization=per_channel), tmp_path / "w")
+    assert r_ext.error is None and r_one.error is None, (r_ext.error, r_one.error)
+    graph = onnx.load(str(r_ext.artifacts.float_model), load_external_data=False)
+    assert graph.opset_import[0].version >= 13
+    _assert_external(r_ext.artifacts.float_model)
+    _assert_same(r_ext, r_one)
+
+
+def test_quantizer_failure_is_explained_with_external_data(tmp_path):
+    """The fill-value explanation runs the float graph with ONNX Runtime reading the weights from the side file."""
+    cm = corpus.masked_attention(tmp_path / "m", d=160)  # 100 KB projections: external in float.onnx
+    ext = tmp_path / "m" / "ext" / "masked.onnx"
+    ext.parent.mkdir()
+    onnx.save_model(onnx.load(str(cm.model)), str(ext), save_as_external_data=True, location="masked.weights",
+                    size_threshold=0)
+    entry = {"name": "mask", "model": str(ext), "calibration": {"data": str(cm.calib)},
+             "evaluation": {"data": str(cm.eval)}, "quantization": {"method": "entropy"}}
+    mspec = load_spec(write_spec(tmp_path / "mask.yaml", [entry])).models[0]
+    result = evaluate_model(mspec, tmp_path / "w")
+    assert result.error is not None
+    assert "ONNX Runtime's quantizer failed" in result.error.message
+    assert "ext_mask (node mask_fill_min, |x| up to 3.4e+38)" in result.error.message
+    _assert_external(next((tmp_path / "w").rglob("float.onnx")))
