@@ -30,7 +30,7 @@ import onnx
 
 from . import __version__
 from .data import Samples
-from .extdata import INLINE_BYTES, data_name, inline_small, intact, path_has_external_data, publish
+from .extdata import INLINE_BYTES, data_name, inline_small, intact, path_has_external_data, publish, side_files
 from .hardening import (FLOAT_REWRITES, check_quantizable, explain_quantizer_failure, inherit_names, upgrade_opset,
                         with_explanation)
 from .onnxgraph import consumers, input_infos, name_nodes
@@ -199,6 +199,10 @@ def _prepare_external(mspec: ModelSpec, workdir: Path, dest: Path, key: str) -> 
     """
     ort = _ort()
     user = load_onnx(mspec, load_external_data=False)
+    if not intact(mspec.model):
+        raise mspec.error("model", f"{mspec.model.name} refers to external data files that are missing or shorter "
+                                   f"than its tensors need ({', '.join(side_files(user))}, looked up in "
+                                   f"{mspec.model.parent})")
     inline_small(user, mspec.model.parent)  # ONNX Runtime's load-time shape inference reads shape tensors
     workdir.mkdir(parents=True, exist_ok=True)
     _write_manifest(workdir, {})  # what follows replaces files one by one: nothing is trusted until it is done

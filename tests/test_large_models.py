@@ -31,7 +31,8 @@ HW = 8
 
 def _wide_cnn(dest: Path, outlier: bool, channels: list[int] = CHANNELS, opset: int = zoo.OPSET
               ) -> tuple[Path, Path, Path]:
-    """Four 96-channel Conv3x3+Relu (332 KB of float, 83 KB of int8 weights each), GAP, Gemm; saved twice: one file, external data.
+    """Conv3x3+Relu layers of 96 channels (332 KB of float, 83 KB of int8 weights each), GAP, Gemm; saved twice:
+    as one file and with external data.
 
     ``outlier`` plants zoo.outlier_channel_cnn's fault: output channel 0 of conv2 x1000, the conv3 weights
     reading it /1000 (float function unchanged, per-tensor uint8 range of relu2 ruined; relu3 fails).
@@ -182,6 +183,7 @@ def test_planted_fault_diagnosis_and_remedy_with_external_data(tmp_path, faulty)
     d_ext = results["ext"].comparison("float", "fixed").diagnosis
     d_one = results["one"].comparison("float", "fixed").diagnosis
     assert d_ext.layer == d_one.layer == "relu3"
+    assert any(k[2] == "own" for k in _metrics(results["ext"]) if len(k) == 3)  # the own-error pass ran
     # root-cause statistics read the weights of conv3 (and conv2) from the side files
     weights = [s for s in d_ext.stats if "weights" in s.role]
     assert weights and [s.as_json() for s in d_ext.stats] == [s.as_json() for s in d_one.stats]
@@ -198,9 +200,11 @@ def test_planted_fault_diagnosis_and_remedy_with_external_data(tmp_path, faulty)
 def test_preprocess_folding_with_external_data(tmp_path, healthy):
     """Deployment preprocessing is folded in front of a graph whose weights stay in the user's side file."""
     single, ext, data = healthy
-    pre = {"input": "float32", "layout": "NCHW", "model_layout": "NCHW", "mean": [0.5, 0.5, 0.5], "std": [2.0, 2.0, 2.0]}
-    r_ext = evaluate_model(_spec(tmp_path, ext, data, "ext", preprocess=pre, modes=["float", "fixed"]),
-                           tmp_path / "w")
+    (tmp_path / "prep.py").write_text("def preprocess(raw):\n    return (raw - 0.5) / 2.0\n")
+    pre = {"input": "float32", "layout": "NCHW", "model_layout": "NCHW", "mean": [0.5] * 3, "std": [2.0] * 3}
+    # mode original: the user's graph runs with ONNX Runtime reading its weights from the user's side file
+    r_ext = evaluate_model(_spec(tmp_path, ext, data, "ext", preprocess={**pre, "hook": "prep.py:preprocess"},
+                                 modes=["original", "float", "fixed"]), tmp_path / "w")
     r_one = evaluate_model(_spec(tmp_path, single, data, "one", preprocess=pre, modes=["float", "fixed"]),
                            tmp_path / "w")
     assert r_ext.error is None and r_one.error is None, (r_ext.error, r_one.error)
@@ -208,6 +212,7 @@ def test_preprocess_folding_with_external_data(tmp_path, healthy):
     b = {r.layer.tensor: r.summary for r in r_one.comparisons[0].layers if r.summary}
     assert a.keys() == b.keys() and all(a[k]["cos"] == pytest.approx(b[k]["cos"], abs=1e-9) for k in a)
     _assert_external(r_ext.artifacts.float_model)
+    assert r_ext.pipeline is not None and r_ext.pipeline.passed
 
 
 def test_plugin_runs_an_external_data_model(pytester, healthy):
@@ -252,3 +257,17 @@ def test_quantizer_failure_is_explained_with_external_data(tmp_path):
     assert "ONNX Runtime's quantizer failed" in result.error.message
     assert "ext_mask (node mask_fill_min, |x| up to 3.4e+38)" in result.error.message
     _assert_external(next((tmp_path / "w").rglob("float.onnx")))
+
+
+def test_missing_or_truncated_user_side_file_is_an_input_error(tmp_path, healthy):
+    single, ext, data = healthy
+    model = tmp_path / "m" / "model.onnx"
+    model.parent.mkdir()
+    shutil.copy(ext, model)
+    mspec = _spec(tmp_path, model, data, "broken")
+    result = evaluate_model(mspec, tmp_path / "w")
+    assert result.error.message == (
+        f"{mspec.spec_path}: models[0].model: model.onnx refers to external data files that are missing or "
+        f"shorter than its tensors need (model.weights, looked up in {model.parent})")
+    (model.parent / "model.weights").write_bytes((ext.parent / "model.weights").read_bytes()[:1000])
+    assert "missing or shorter" in evaluate_model(mspec, tmp_path / "w").error.message
