@@ -37,7 +37,10 @@ from .engine import ModelResult, evaluate_model
 from .serialize import FORMAT, from_dict, recheck, to_dict
 from .spec import ModelSpec
 
-_CACHED = ("manifest.json", "float.onnx", "fixed.onnx", "offline.onnx", "results.json")
+# The .data files are the artifacts' external data (models stored with external data, extdata.py): a deleted
+# or corrupt side file fails the checksum like its graph would, and the whole folder is rebuilt.
+_CACHED = ("manifest.json", "float.onnx", "fixed.onnx", "offline.onnx", "results.json",
+           "float.onnx.data", "fixed.onnx.data", "offline.onnx.data")
 _SEAL = "checksums.json"
 _RESULTS = "results.json"
 

@@ -86,11 +86,12 @@ def check_quantizable(mspec: ModelSpec, model: onnx.ModelProto, calibration: Sam
 
 
 def explain_quantizer_failure(mspec: ModelSpec, float_model: onnx.ModelProto, calibration: Samples,
-                              exc: BaseException) -> str | None:
+                              exc: BaseException, data_dir=None) -> str | None:
     """Name the tensors behind a histogram calibration failure: values beyond +-1e30 (fill values).
 
     Runs the float model on the first few calibration samples with every float tensor exposed; only called
-    after the quantizer has failed, so a healthy run never pays for it.
+    after the quantizer has failed, so a healthy run never pays for it. ``float_model`` may be the graph
+    without its external data; ONNX Runtime then reads the weights from ``data_dir``.
     """
     if mspec.quantization.method not in _HISTOGRAM_METHODS:
         return None
@@ -104,6 +105,8 @@ def explain_quantizer_failure(mspec: ModelSpec, float_model: onnx.ModelProto, ca
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    if data_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(data_dir))
     try:
         session = ort.InferenceSession(expose(float_model, names).SerializeToString(), opts,
                                        providers=["CPUExecutionProvider"])

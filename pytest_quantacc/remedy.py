@@ -25,9 +25,7 @@ overrides and exclusions kept), ready to paste into the model entry.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -165,23 +163,20 @@ class _Trial:
         mspec = replace(self.mspec, quantization=_apply(self.mspec.quantization, patch), modes=("float", "fixed"))
         sub = self.art.workdir / "remedies" / f"{_slug(label)[:60]}-{_digest(json.dumps(patch, sort_keys=True))[:8]}"
         sub.mkdir(parents=True, exist_ok=True)
-        float_path = sub / "float.onnx"
-        if not float_path.is_file():
-            try:
-                os.link(self.art.float_model, float_path)
-            except OSError:
-                shutil.copyfile(self.art.float_model, float_path)
+        # The attempt quantizes the model's own float.onnx into ``sub``: no link or copy of it (onnx refuses
+        # external data files with several hard links, and a 2 GB copy per attempt is not an option).
+        if _read_manifest(sub).get("float") is None:
             _write_manifest(sub, {"float": _read_manifest(self.art.workdir).get("float", "")})
         try:
-            return self._measure(label, patch, mspec, float_path, t0)
+            return self._measure(label, patch, mspec, sub, t0)
         except QuantaccInputError as exc:  # the quantizer refused these settings
             return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0, exc.problem)
         except Exception as exc:  # ONNX Runtime cannot run the result (e.g. no 16-bit kernel): a failed attempt
             return Attempt(label, patch, False, None, None, None, None, None, time.perf_counter() - t0,
                            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
 
-    def _measure(self, label: str, patch: dict, mspec: ModelSpec, float_path: Path, t0: float) -> Attempt:
-        art = quantize(mspec, float_path, self.calib, float_path.parent)
+    def _measure(self, label: str, patch: dict, mspec: ModelSpec, sub: Path, t0: float) -> Attempt:
+        art = quantize(mspec, self.art.float_model, self.calib, sub, workdir=sub)
         fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
         layers = match_layers(self.float_model, fixed_model)
         by_tensor = {lay.tensor: lay for lay in layers if lay.skip is None}

@@ -16,6 +16,7 @@ For weights: float vs dequantized weights, per tensor and per output channel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -189,21 +190,26 @@ def activation_stats(role: str, layer: Layer, node: str, values: np.ndarray) -> 
     return TensorStats(**stats)
 
 
-def _initializer(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+def _initializer(model: onnx.ModelProto, name: str, base_dir: str = "") -> np.ndarray | None:
+    """One initializer's values; a tensor in external data is read alone from ``base_dir`` (the model's folder)."""
     init = next((i for i in model.graph.initializer if i.name == name), None)
-    return numpy_helper.to_array(init) if init is not None else None
+    return numpy_helper.to_array(init, base_dir) if init is not None else None
 
 
 def weight_stats(role: str, float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, node: str,
-                 weight: str) -> TensorStats | None:
-    """Float weights vs the dequantized weights the fixed model computes with, per tensor and per channel."""
-    f = _initializer(float_model, weight)
+                 weight: str, base_dir: str = "") -> TensorStats | None:
+    """Float weights vs the dequantized weights the fixed model computes with, per tensor and per channel.
+
+    Both models may be graphs without their external data; ``base_dir`` (their common work folder) is where
+    the few tensors needed here are read from.
+    """
+    f = _initializer(float_model, weight, base_dir)
     dq = next((n for n in fixed_model.graph.node if n.op_type == "DequantizeLinear"
                and n.output[0] in (weight, f"{weight}_DequantizeLinear_Output")), None)
     if f is None or dq is None:
         return None
-    q, scale = _initializer(fixed_model, dq.input[0]), _initializer(fixed_model, dq.input[1])
-    zp = _initializer(fixed_model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    q, scale = _initializer(fixed_model, dq.input[0], base_dir), _initializer(fixed_model, dq.input[1], base_dir)
+    zp = _initializer(fixed_model, dq.input[2], base_dir) if len(dq.input) > 2 and dq.input[2] else None
     if q is None or scale is None:
         return None
     zp = np.zeros_like(scale, dtype=np.int64) if zp is None else zp.astype(np.int64)
@@ -245,10 +251,11 @@ def gather(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, layers: l
     if out_layer is not None and values.get(out_layer.tensor):
         stats.append(activation_stats("output", out_layer, where.node, _stack(values[out_layer.tensor])))
     if where.weight:
-        stats.append(weight_stats("weights", float_model, fixed_model, where.compute, where.weight))
+        stats.append(weight_stats("weights", float_model, fixed_model, where.compute, where.weight,
+                                  str(Path(float_path).parent)))
     if where.producer_weight:
         stats.append(weight_stats("input producer weights", float_model, fixed_model, where.producer,
-                                  where.producer_weight))
+                                  where.producer_weight, str(Path(float_path).parent)))
     return tuple(s for s in stats if s is not None)
 
 

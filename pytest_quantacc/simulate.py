@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .extdata import inline_small
 from .onnxgraph import elem_types, expose
 
 class Runner:
@@ -35,6 +36,8 @@ class Runner:
             data_dir = data_dir or model.parent
             model = onnx.load(str(model), load_external_data=False)
         model = expose(model, list(dict.fromkeys(tensors)))
+        if data_dir is not None:  # ORT's load-time shape inference cannot read shape tensors from side files
+            inline_small(model, data_dir)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                          else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
