@@ -190,7 +190,8 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
                 accuracy = task_accuracy(mspec, result.artifacts, evaluation_samples(mspec, float_path), threads)
             except QuantaccInputError as exc:
                 accuracy_error = exc
-        if use_cache and result.error is None and accuracy_error is None:
+        # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
+        if use_cache and result.error is None and accuracy_error is None and "original" not in mspec.modes:
             _atomic_write(workdir / _RESULTS, json.dumps({"key": key, "result": to_dict(result, accuracy)},
                                                          sort_keys=True))
         seal(workdir)

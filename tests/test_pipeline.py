@@ -172,3 +172,7 @@ def test_plugin_pipeline_example_and_the_planted_bgr_swap(pytester):
     bug = models["color_net_bgr_bug"]["pipeline"]
     assert bug["status"] == "failed" and bug["suspects"][0] == {
         "mistake": "RGB/BGR channel order swapped", "cos": pytest.approx(1.0, abs=1e-6), "fits": True}
+    # Warm cache: the hook is the user's code, so the pipeline check runs again and gives the same outcome.
+    again = pytester.runpytest("--quantacc", "quantacc_pipeline.yaml", "pipeline/bgr_swap.yaml", "-p", "no:randomly",
+                               "--quantacc-workdir", str(pytester.path / "w"))
+    assert again.parseoutcomes() == outcomes
