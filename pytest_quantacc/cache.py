@@ -179,7 +179,9 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
         except QuantaccInputError as exc:
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
         key = results_key(mspec, _read_manifest(workdir).get("float", ""))
-        if use_cache:
+        # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
+        stores = use_cache and "original" not in mspec.modes
+        if stores:
             reused = _reuse(workdir, key, mspec, float_path)
             if reused is not None:
                 return reused
@@ -190,8 +192,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
                 accuracy = task_accuracy(mspec, result.artifacts, evaluation_samples(mspec, float_path), threads)
             except QuantaccInputError as exc:
                 accuracy_error = exc
-        # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
-        if use_cache and result.error is None and accuracy_error is None and "original" not in mspec.modes:
+        if stores and result.error is None and accuracy_error is None:
             _atomic_write(workdir / _RESULTS, json.dumps({"key": key, "result": to_dict(result, accuracy)},
                                                          sort_keys=True))
         seal(workdir)

@@ -35,6 +35,23 @@ def _summary(d: dict | None) -> Summary | None:
     return None if d is None else Summary(dict(d["mean"]), dict(d["worst"]), d["samples"])
 
 
+def _pipeline_dict(p) -> dict | None:
+    """Mode original's result (pipeline.PipelineResult), for xdist payloads (never stored in the cache)."""
+    if p is None:
+        return None
+    return {"outputs": [[name, asdict(s)] for name, s in p.outputs], "cos": p.cos,
+            "suspects": [asdict(x) for x in p.suspects]}
+
+
+def _pipeline(d: dict | None):
+    if d is None:
+        return None
+    from .pipeline import PipelineResult, Suspect
+
+    return PipelineResult(tuple((name, _summary(s)) for name, s in d["outputs"]), d["cos"],
+                          tuple(Suspect(**x) for x in d["suspects"]))
+
+
 def _layer(d: dict) -> Layer:
     qp = d.get("qparams")
     qparams = QParams(qp["dtype"], tuple(qp["scale"]), tuple(qp["zero_point"]), qp["axis"]) if qp else None
@@ -99,7 +116,7 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
                                              "max_mismatch_rate": a.max_mismatch_rate},
         "error": None if err is None else {"spec": err.spec, "key": err.key, "problem": err.problem},
         "quantized_layers": result.quantized_layers, "samples": result.samples, "seconds": dict(result.seconds),
-        "passes": result.passes, "memory": result.memory,
+        "passes": result.passes, "memory": result.memory, "pipeline": _pipeline_dict(result.pipeline),
         "accuracy": None if accuracy is None else asdict(accuracy),
     }
 
@@ -116,7 +133,7 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
     error = QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
                          d["quantized_layers"], d["samples"], dict(d["seconds"]),
-                         passes=d.get("passes", 1), memory=d.get("memory"))
+                         passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
 

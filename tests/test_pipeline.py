@@ -176,3 +176,9 @@ def test_plugin_pipeline_example_and_the_planted_bgr_swap(pytester):
     again = pytester.runpytest("--quantacc", "quantacc_pipeline.yaml", "pipeline/bgr_swap.yaml", "-p", "no:randomly",
                                "--quantacc-workdir", str(pytester.path / "w"))
     assert again.parseoutcomes() == outcomes
+    pytest.importorskip("xdist")  # results travel from the workers with their pipeline check
+    workers = pytester.runpytest("--quantacc", "quantacc_pipeline.yaml", "pipeline/bgr_swap.yaml", "-p", "no:randomly",
+                                 "--quantacc-workdir", str(pytester.path / "w"), "--quantacc-report", "x.json", "-n", "2")
+    assert workers.parseoutcomes() == outcomes
+    assert {m["name"]: m["pipeline"] for m in json.loads((pytester.path / "x.json").read_text())["models"]} == {
+        name: m["pipeline"] for name, m in models.items()}
