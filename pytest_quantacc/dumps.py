@@ -260,33 +260,35 @@ class DumpReader:
             return name
         return self._node_outputs.get(name)
 
-    def _raw(self, index: int) -> dict[str, tuple[np.ndarray, str]]:
-        """{dump name: (array, file label)} of one sample."""
-        sample = self.samples[index]
-        if self.dspec.format == "npz":
-            try:
-                with np.load(sample, allow_pickle=False) as z:
-                    return {k: (z[k], f"{sample}[{k}]") for k in z.files}
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as exc:
-                raise self.fail(f"cannot read dump {sample}: {exc}") from None
-        out = {}
-        for f in sorted(sample.glob("*.npy")):
-            try:
-                out[f.stem] = (np.load(f, allow_pickle=False), str(f))
-            except (OSError, ValueError, EOFError) as exc:
-                raise self.fail(f"cannot read dump {f}: {exc}") from None
-        return out
-
     def load(self, index: int, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-        """Sample ``index``'s dumped tensors as float32, transformed to the float model's shapes ``expected``."""
+        """Sample ``index``'s dumped tensors for the float tensors in ``expected``, as float32 in those shapes.
+
+        Only those dumps are read (a pass under a memory budget asks for some layers at a time); every dump
+        name is still checked against the float model, so names that match nothing are reported.
+        """
+        sample = self.samples[index]
         out: dict[str, np.ndarray] = {}
-        for dump_name, (arr, label) in self._raw(index).items():
+
+        def take(dump_name: str, read, label: str) -> None:
             tensor = self.target(dump_name)
             if tensor is None:
                 self.unmatched.add(dump_name)
-                continue
-            if tensor in expected:
-                out[tensor] = self.transform(arr, expected[tensor], dump_name, tensor, label)
+            elif tensor in expected:
+                out[tensor] = self.transform(read(), expected[tensor], dump_name, tensor, label)
+
+        if self.dspec.format == "npz":
+            try:
+                with np.load(sample, allow_pickle=False) as z:
+                    for k in z.files:
+                        take(k, lambda k=k: z[k], f"{sample}[{k}]")
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError) as exc:
+                raise self.fail(f"cannot read dump {sample}: {exc}") from None
+            return out
+        for f in sorted(sample.glob("*.npy")):
+            try:
+                take(f.stem, lambda f=f: np.load(f, allow_pickle=False), str(f))
+            except (OSError, ValueError, EOFError) as exc:
+                raise self.fail(f"cannot read dump {f}: {exc}") from None
         return out
 
     def transform(self, arr: np.ndarray, shape: tuple[int, ...], dump_name: str, tensor: str,

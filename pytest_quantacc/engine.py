@@ -159,7 +159,7 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     if mspec.dumps:
         from .external import evaluate_dumps
 
-        return evaluate_dumps(mspec, base, threads)
+        return evaluate_dumps(mspec, base, threads, memory_budget)
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()

@@ -21,12 +21,14 @@ from pathlib import Path
 
 import onnx
 
+from .chunking import default_budget, plan, tensor_bytes
 from .convert import model_inputs, prepare_float
 from .data import Samples, load_samples
 from .diagnose import diagnose
 from .dumps import Command, DumpReader, DumpSpec, read_qparams_file, write_inputs
 from .errors import QuantaccInputError
 from .match import Layer, float_layers
+from .onnxgraph import prune
 from .metrics import Accumulator
 from .simulate import Runner
 from .spec import ModelSpec
@@ -71,7 +73,7 @@ def run_command(mspec: ModelSpec, cmd: Command, fields: dict[str, str]) -> Comma
     return run
 
 
-def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0):
+def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None):
     """Float model in ONNX Runtime vs dumped tensors, layer by layer (``evaluate_model`` for ``dumps`` specs)."""
     from .engine import ModelResult, _compare, _finish
 
@@ -100,13 +102,14 @@ def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0):
                                                               tensors=dspec.dequantize.tensors + extra))
             seconds["convert"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            comparison, compared = _compare_dumps(mspec, dspec, folder, float_path, evals, threads, _compare,
-                                                  _finish)
+            comparison, compared, passes = _compare_dumps(mspec, dspec, folder, float_path, evals, threads,
+                                                          memory_budget, _compare, _finish)
             seconds["simulate"] = time.perf_counter() - t0
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds, command=command)
     return ModelResult(mspec, None, (comparison,), None, quantized_layers=compared, samples=len(evals),
-                       seconds=seconds, command=command)
+                       seconds=seconds, command=command, passes=passes.count,
+                       memory=passes.describe() if passes.count > 1 else None)
 
 
 def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples,
@@ -127,7 +130,7 @@ def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples
 
 
 def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: Path, evals: Samples, threads: int,
-                   compare, finish):
+                   memory_budget: int | None, compare, finish):
     float_model = onnx.load(str(float_path), load_external_data=False)
     layers = [Layer(n, op, t, i) for i, (n, op, t) in enumerate(float_layers(float_model))]
     node_outputs = {n.name: n.output[0] for n in float_model.graph.node if len(n.output) == 1}
@@ -135,18 +138,24 @@ def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: 
     if len(reader.samples) < len(evals):
         raise reader.fail(f"{folder} holds {len(reader.samples)} dumped samples, but the evaluation data has "
                           f"{len(evals)}; dumps must cover the evaluation samples, in order")
-    outputs = [o.name for o in float_model.graph.output]
-    float_run = Runner(float_path, [lay.tensor for lay in layers] + outputs, optimize=False, threads=threads)
+    # Float tensor and dumped tensor of each layer are held at once; over the budget, in passes (chunking.py).
+    sizes = tensor_bytes(float_model, evals.largest_shapes())
+    passes = plan([lay.tensor for lay in layers], lambda t: 2 * sizes[t] if t in sizes else None,
+                  memory_budget if memory_budget is not None else default_budget(), 1)
     accs: dict[str, Accumulator] = {}
     skips: dict[str, str] = {}
     seen: set[str] = set()
-    for i, sample in enumerate(evals):
-        f = float_run.run(sample)
-        dumped = reader.load(i, {t: v.shape for t, v in f.items()})
-        seen |= dumped.keys()
-        for lay in layers:
-            if lay.tensor in dumped:
-                compare(accs, skips, lay.tensor, f.get(lay.tensor), dumped[lay.tensor])
+    for chunk in passes.passes:
+        float_run = Runner(prune(float_model, list(chunk)), [], optimize=False, threads=threads,
+                           data_dir=float_path.parent)
+        for i, sample in enumerate(evals):
+            f = float_run.run(sample)
+            dumped = reader.load(i, {t: v.shape for t, v in f.items()})
+            seen |= dumped.keys()
+            for t in chunk:
+                if t in dumped:
+                    compare(accs, skips, t, f.get(t), dumped[t])
+        del float_run
     if not seen:
         names = sorted(reader.unmatched)[:8]
         raise reader.fail(f"no dumped tensor matches a tensor or node of the float model (dump names: "
@@ -155,7 +164,8 @@ def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: 
     missing = "no dumped tensor for this layer" + (f" in {folder}" if folder else "")
     skips.update({lay.tensor: missing for lay in layers if lay.tensor not in seen})
     comparison = finish(layers, accs, skips, mspec, "float", dspec.mode)
-    return replace(comparison, diagnosis=_vendor_todo(diagnose(float_model, comparison), comparison)), len(seen)
+    return (replace(comparison, diagnosis=_vendor_todo(diagnose(float_model, comparison), comparison)), len(seen),
+            passes)
 
 
 def _vendor_todo(diagnosis, comparison):

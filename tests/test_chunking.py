@@ -138,3 +138,16 @@ def test_remedy_search_in_passes_finds_the_same_remedy(tmp_path, zoo_models):
         d = deepen(result, attempts=4, memory_budget=budget).comparison("float", "fixed").diagnosis
         found.append((d.remedy, d.remedy_result, [a.as_json()["label"] for a in d.attempts]) if d.remedy else None)
     assert found[0] is not None and found[0] == found[1]
+
+
+def test_vendor_dumps_in_passes_give_the_numbers_of_one(tmp_path):
+    from conftest import EXAMPLE
+
+    spec = load_spec(EXAMPLE / "quantacc_dumps.yaml")
+    assert spec.models
+    for mspec in spec.models:
+        one = evaluate_model(mspec, tmp_path / "work", memory_budget=1 << 40)
+        many = evaluate_model(mspec, tmp_path / "work", memory_budget=1)
+        assert one.error is None and many.error is None, (one.error, many.error)
+        assert one.passes == 1 and many.passes > 3
+        assert _dump(many) == _dump(one) and any(r.summary for r in many.comparisons[0].layers)
