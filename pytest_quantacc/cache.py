@@ -129,7 +129,7 @@ def verify(workdir: Path) -> None:
     if not isinstance(sealed, dict):
         _invalidate(workdir)  # never sealed: a run was interrupted (or an old layout); rebuild quietly
         return
-    bad = [n for n in present if sealed.get(n) != _file_digest(workdir / n)]
+    bad = [n for n in present if not _matches(workdir / n, sealed.get(n))]
     bad += [n for n in sealed if n not in present]
     if bad:
         warnings.warn(QuantaccCacheWarning(f"quantacc cache: {', '.join(sorted(set(bad)))} in {workdir} failed "
@@ -137,9 +137,24 @@ def verify(workdir: Path) -> None:
         _invalidate(workdir)
 
 
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _matches(path: Path, sealed) -> bool:
+    """The file is as sealed: same size and modification time (hashing gigabytes of side files on every warm
+    run cost more than the run), or, when either differs, the same sha256."""
+    if isinstance(sealed, str):  # checksums.json written before the stamps were recorded
+        return sealed == _file_digest(path)
+    if not isinstance(sealed, list) or len(sealed) != 3:
+        return False
+    return sealed[:2] == _stamp(path) or sealed[2] == _file_digest(path)
+
+
 def seal(workdir: Path) -> None:
-    """Record the checksum of every cached file present (call under the lock, after writing them)."""
-    sums = {n: _file_digest(workdir / n) for n in _CACHED if (workdir / n).is_file()}
+    """Record size, modification time and sha256 of every cached file present (under the lock, after writing)."""
+    sums = {n: [*_stamp(workdir / n), _file_digest(workdir / n)] for n in _CACHED if (workdir / n).is_file()}
     _atomic_write(workdir / _SEAL, json.dumps(sums, indent=1, sort_keys=True))
 
 
@@ -153,11 +168,12 @@ def cached_float(mspec: ModelSpec, base: Path) -> Path:
         return path
 
 
-def results_key(mspec: ModelSpec, float_key: str) -> str:
+def results_key(mspec: ModelSpec, float_key: str, workdir: Path | None = None) -> str:
     """Everything stored metrics depend on; thresholds, known_bad and gate limits deliberately excluded."""
     e, acc = mspec.evaluation, mspec.accuracy
-    parts = [str(FORMAT), __version__, float_key, _data_key(mspec.calibration.path), str(mspec.calibration.limit),
-             json.dumps(asdict(mspec.quantization), sort_keys=True, default=str), _data_key(e.path), str(e.limit),
+    parts = [str(FORMAT), __version__, float_key, _data_key(mspec.calibration.path, workdir),
+             str(mspec.calibration.limit), json.dumps(asdict(mspec.quantization), sort_keys=True, default=str),
+             _data_key(e.path, workdir), str(e.limit),
              ",".join(mspec.modes), str(mspec.offline.tolerance_steps)]
     if acc is not None:
         parts += [_file_digest(e.labels), str(e.output), acc.metric,
@@ -178,7 +194,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
             float_path = prepare_float(mspec, base)
         except QuantaccInputError as exc:
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
-        key = results_key(mspec, _read_manifest(workdir).get("float", ""))
+        key = results_key(mspec, _read_manifest(workdir).get("float", ""), workdir)
         # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
         stores = use_cache and "original" not in mspec.modes
         if stores:

@@ -64,30 +64,49 @@ def _digest(*parts: bytes | str) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_digest(path: Path) -> str:
+_MEMO = "digests.json"
+
+
+def _file_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """sha256 of a file's bytes.
+
+    With ``memo_dir`` (a model's work folder, used under its lock) the digest is remembered there with the
+    file's size and modification time and reused while both are unchanged: hashing a 2.4 GB weights file
+    and gigabytes of evaluation data took most of a warm run that otherwise only re-checks stored metrics.
+    """
+    memo = memo_dir / _MEMO if memo_dir is not None and memo_dir.is_dir() else None
+    known = _read_json(memo) if memo is not None else {}
+    st = path.stat()
+    where, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
+    hit = known.get(where)
+    if isinstance(hit, list) and hit[:2] == stamp:
+        return hit[2]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    if memo is not None:
+        known[where] = [*stamp, h.hexdigest()]
+        _write_json(memo, known)
     return h.hexdigest()
 
 
-def _model_key(model: Path) -> str:
+def _model_key(model: Path, memo_dir: Path | None = None) -> str:
     """Model bytes plus any external-data files beside it, and the tool versions that shape the float model."""
     ort = _ort()
-    parts = [_file_digest(model), ort.__version__, onnx.__version__, __version__, FLOAT_REWRITES]
+    parts = [_file_digest(model, memo_dir), ort.__version__, onnx.__version__, __version__, FLOAT_REWRITES]
     try:
         proto = onnx.load(str(model), load_external_data=False)
     except Exception:  # not ONNX: the key only has to differ; load_onnx reports the problem
         return _digest(*parts)
     locations = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
-    parts += [_file_digest(model.parent / loc) for loc in locations if (model.parent / loc).is_file()]
+    parts += [_file_digest(model.parent / loc, memo_dir) for loc in locations if (model.parent / loc).is_file()]
     return _digest(*parts)
 
 
-def _data_key(path: Path) -> str:
+def _data_key(path: Path, memo_dir: Path | None = None) -> str:
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
-    return _digest(*[_file_digest(f) for f in files])
+    return _digest(*[_file_digest(f, memo_dir) for f in files])
 
 
 def workdir_for(base: Path, mspec: ModelSpec) -> Path:
@@ -107,18 +126,27 @@ def _atomic_save(model: onnx.ModelProto, dest: Path) -> None:
             os.unlink(tmp)
 
 
-def _read_manifest(workdir: Path) -> dict:
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads((workdir / "manifest.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_manifest(workdir: Path) -> dict:
+    return _read_json(workdir / "manifest.json")
 
 
 def _write_manifest(workdir: Path, manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, workdir / "manifest.json")
+    _write_json(workdir / "manifest.json", manifest)
 
 
 def load_onnx(mspec: ModelSpec, load_external_data: bool = True) -> onnx.ModelProto:
@@ -133,7 +161,7 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     """Write (or reuse) ``float.onnx``: the model after ONNX Runtime's basic float rewrites, nodes named."""
     workdir = workdir_for(base, mspec)
     dest = workdir / "float.onnx"
-    key = _model_key(mspec.model)
+    key = _model_key(mspec.model, workdir)
     if mspec.preprocess is not None:
         key = _digest(key, mspec.preprocess.digest())
     manifest = _read_manifest(workdir)
@@ -346,7 +374,7 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
     q = mspec.quantization
     fixed, offline = workdir / "fixed.onnx", workdir / "offline.onnx"
     manifest = _read_manifest(workdir)
-    key = _digest(manifest.get("float", ""), _data_key(mspec.calibration.path), str(mspec.calibration.limit),
+    key = _digest(manifest.get("float", ""), _data_key(mspec.calibration.path, workdir), str(mspec.calibration.limit),
                   json.dumps(asdict(q), sort_keys=True))
     if manifest.get("fixed") == key and intact(fixed) and intact(offline):
         return Artifacts(workdir, float_model, fixed, offline, tuple(manifest.get("log", ())))

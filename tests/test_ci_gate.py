@@ -332,3 +332,42 @@ def test_labels_that_do_not_fit_fail_the_accuracy_item_only(project):
     result.assert_outcomes(passed=11, failed=1, skipped=3)
     assert "models[0].evaluation.labels: eval_labels.npy holds 10 labels but the evaluation data has 64" in \
         result.stdout.str()
+
+
+def test_file_digests_are_remembered_by_size_and_modification_time(tmp_path):
+    """Warm runs must not re-hash gigabytes of weights and data: a digest is reused while the file's size and
+    modification time are unchanged, and recomputed (checked against hashlib) as soon as either changes."""
+    import hashlib
+
+    from pytest_quantacc.convert import _file_digest
+
+    f = tmp_path / "weights.data"
+    f.write_bytes(b"a" * 1000)
+    first = _file_digest(f, tmp_path)
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    assert json.loads((tmp_path / "digests.json").read_text())[str(f.resolve())][2] == first
+    st = f.stat()
+    f.write_bytes(b"b" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and time: the remembered digest stands
+    assert _file_digest(f, tmp_path) == first
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert _file_digest(f, tmp_path) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert _file_digest(f) == hashlib.sha256(b"b" * 1000).hexdigest()  # without a memo: always hashed
+
+
+def test_sealed_files_are_rehashed_when_their_stamp_changes(tmp_path):
+    from pytest_quantacc.cache import seal, verify
+
+    work = tmp_path / "m"
+    work.mkdir()
+    (work / "manifest.json").write_text("{}")
+    (work / "fixed.onnx.data").write_bytes(b"x" * 64)
+    seal(work)
+    verify(work)
+    assert (work / "fixed.onnx.data").exists()  # untouched: kept without hashing
+    st = (work / "fixed.onnx.data").stat()
+    (work / "fixed.onnx.data").write_bytes(b"y" * 64)  # same size, new bytes, a later modification time
+    os.utime(work / "fixed.onnx.data", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.warns(Warning, match="failed the checksum"):
+        verify(work)
+    assert not (work / "fixed.onnx.data").exists()
