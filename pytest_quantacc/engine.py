@@ -230,9 +230,10 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         quantized = [lay for lay in layers if lay.quant_tensor and lay.tensor in in_pass]
         outs = outputs if k == 0 else []  # model outputs are compared once, in the first pass
 
-        def session(model: onnx.ModelProto, wanted: list[str], optimize: bool = False) -> Runner | None:
-            # Each pass computes only what it compares: the graph is pruned to the exposed tensors.
-            return Runner(prune(model, wanted), [], optimize, threads, data_dir=art.workdir) if wanted else None
+        def session(model: onnx.ModelProto, wanted: list[str]) -> Runner | None:
+            # Each pass computes only what it compares: the graph is pruned to the exposed tensors. Only with
+            # optimizations off, where every node runs the same kernel on the same inputs either way.
+            return Runner(prune(model, wanted), [], False, threads, data_dir=art.workdir) if wanted else None
 
         both = {"float", "fixed"} <= modes
         float_run = session(float_model, ([lay.tensor for lay in compared] if both else []) +
@@ -247,8 +248,12 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
             # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
             # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
             deployed_run = Runner(fixed_model, [], optimize=True, threads=threads, data_dir=art.workdir)
-        if {"fixed", "offline"} <= modes:
-            offline_run = session(fixed_model, [lay.quant_tensor for lay in quantized], optimize=True)
+        if {"fixed", "offline"} <= modes and quantized:
+            # Never pruned: which nodes ONNX Runtime fuses into integer kernels depends on the whole graph (a
+            # pruned copy of a model with an If fused a MatMul the deployable model does not), and this session
+            # must compute what the deployable model computes. Exposing outputs does not change fusion.
+            offline_run = Runner(fixed_model, [lay.quant_tensor for lay in quantized], optimize=True,
+                                 threads=threads, data_dir=art.workdir)
 
         def run(sample, float_run=float_run, fixed_run=fixed_run, offline_run=offline_run,
                 deployed_run=deployed_run):

@@ -202,3 +202,21 @@ def test_per_channel_on_an_old_opset_that_cannot_be_upgraded_is_refused(tmp_path
     assert info.value.message.startswith(f"{spec_path}: models[0].quantization.per_channel: per-channel "
                                          f"quantization needs opset >= 13")
     assert "opset 11" in info.value.message
+
+
+@pytest.mark.parametrize("name", [*SUPPORTED, "variable_size_cnn"])
+def test_a_pass_per_layer_gives_the_numbers_of_one_pass(tmp_path, models, name):
+    """The graph pruned to each layer in turn (recurrences, subgraphs, integer outputs, symbolic sizes, external
+    data) computes what the whole graph computes: every metric equals the one-pass evaluation's."""
+    cm = models[name]
+    entry = {"name": name, "model": str(cm.model), "calibration": {"data": str(cm.calib)},
+             "evaluation": {"data": str(cm.eval)}}
+    mspec = load_spec(write_spec(tmp_path / f"{name}.yaml", [entry])).models[0]
+    one = evaluate_model(mspec, tmp_path / "work", memory_budget=1 << 40)
+    many = evaluate_model(mspec, tmp_path / "work", memory_budget=1)
+    assert one.error is None and many.error is None, (one.error, many.error)
+    assert one.passes == 1 and many.passes > 1
+    for a, b in zip(one.comparisons, many.comparisons, strict=True):
+        assert [(r.layer.tensor, r.status, r.summary, r.own) for r in a.layers] == [
+            (r.layer.tensor, r.status, r.summary, r.own) for r in b.layers]
+    assert one.agreement == many.agreement
