@@ -15,8 +15,9 @@ import onnx
 import pytest
 
 from . import baseline, report
-from .cache import Evaluated, cached_float, evaluate_cached, restore
+from .cache import Evaluated, cached_float, evaluate_cached, locked, restore
 from .chunking import parse_size
+from .convert import workdir_for
 from .errors import QuantaccInputError
 from .engine import SKIPPED, LayerResult, ModelResult
 from .match import Layer, float_layers
@@ -97,9 +98,12 @@ class QuantaccRun:
         if key not in self.evaluated:
             evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
                                         self.memory_budget)
-            # Diagnosis statistics and remedy search are not cached: they run only for failing models.
-            evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                        self.memory_budget))
+            # Diagnosis statistics and remedy search are not cached: they run only for failing models. They read
+            # the model folder and write attempts into it, so under its lock: another xdist worker may be
+            # rebuilding the folder (always, with --quantacc-no-cache).
+            with locked(workdir_for(self.base, mspec)):
+                evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
+                                                            self.memory_budget))
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]
