@@ -7,6 +7,7 @@ each item turns its part into a pytest outcome, a failure message and JUnit prop
 from __future__ import annotations
 
 import fnmatch
+import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from . import baseline, report
 from .cache import Evaluated, cached_float, evaluate_cached, locked, restore
-from .chunking import parse_size
+from .chunking import default_budget, parse_size
 from .convert import workdir_for
 from .errors import QuantaccInputError
 from .engine import SKIPPED, LayerResult, ModelResult
@@ -50,7 +51,7 @@ class QuantaccRun:
     checks: dict[tuple[Path, str], baseline.BaselineCheck] = field(default_factory=dict)
     sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
     written_baselines: list[Path] = field(default_factory=list)
-    memory_budget: int | None = None  # bytes; None: chunking.default_budget()
+    memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -70,6 +71,11 @@ class QuantaccRun:
                 budget = parse_size(budget)
             except ValueError as exc:
                 raise pytest.UsageError(f"--quantacc-memory-budget / quantacc_memory_budget: {exc}") from None
+        else:
+            # The default share of memory is per machine: pytest-xdist workers evaluate at the same time.
+            workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+            budget = default_budget()
+            budget = budget // workers if budget and workers > 1 else None
         return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
                    remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
                    use_cache=not config.getoption("quantacc_no_cache"),

@@ -151,3 +151,17 @@ def test_vendor_dumps_in_passes_give_the_numbers_of_one(tmp_path):
         assert one.error is None and many.error is None, (one.error, many.error)
         assert one.passes == 1 and many.passes > 3
         assert _dump(many) == _dump(one) and any(r.summary for r in many.comparisons[0].layers)
+
+
+def test_default_budget_is_shared_by_xdist_workers(pytester, zoo_models, monkeypatch):
+    """Each worker gets its share of the default: with (absurdly) many workers, one worker's share is a few
+    bytes and a model needs many passes, where a single process needs one."""
+    zm = zoo_models["healthy_cnn"]
+    spec = write_spec(pytester.path / "quantacc.yaml", [zoo_entry("healthy", zm)])
+    alone = pytester.runpytest("--quantacc", str(spec), "-p", "no:cacheprovider")
+    assert alone.ret == pytest.ExitCode.OK
+    assert "passes over the graph" not in alone.stdout.str()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(1 << 40))
+    shared = pytester.runpytest("--quantacc", str(spec), "-p", "no:cacheprovider")
+    assert shared.ret == pytest.ExitCode.OK
+    shared.stdout.fnmatch_lines(["*memory: * passes over the graph*"])
