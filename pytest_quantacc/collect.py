@@ -312,7 +312,7 @@ class ModelItem(pytest.Item):
         if result.error is not None:
             raise QuantaccFailure(result.error.message)
         self.user_properties += [("quantacc.quantized_layers", result.quantized_layers),
-                                 ("quantacc.samples", result.samples)]
+                                 ("quantacc.samples", result.samples), ("quantacc.passes", result.passes)]
         self.user_properties += [(f"quantacc.seconds_{k}", round(v, 3)) for k, v in result.seconds.items()]
         self.user_properties.append(("quantacc.cache", self.config.stash[RUN_KEY].evaluate(self.mspec).cache))
         if result.quantized_layers == 0:

@@ -113,10 +113,12 @@ def test_budget_option_reaches_the_report(pytester, zoo_models):
     zm = zoo_models["healthy_cnn"]
     spec = write_spec(pytester.path / "quantacc.yaml", [zoo_entry("healthy", zm)])
     res = pytester.runpytest("--quantacc", str(spec), "--quantacc-memory-budget", "1KB", "--quantacc-report",
-                             "r.json", "-p", "no:cacheprovider")
+                             "r.json", "--junitxml", "j.xml", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.OK
     res.stdout.fnmatch_lines(["*memory: * passes over the graph*over the memory budget of 1000 B*"])
-    assert json.loads((pytester.path / "r.json").read_text())["models"][0]["passes"] > 1
+    passes = json.loads((pytester.path / "r.json").read_text())["models"][0]["passes"]
+    assert passes > 1
+    assert f'<property name="quantacc.passes" value="{passes}"' in (pytester.path / "j.xml").read_text()
 
 
 def test_bad_budget_is_a_usage_error(pytester, zoo_models):
