@@ -24,6 +24,7 @@ overrides and exclusions kept), ready to paste into the model entry.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import time
@@ -373,21 +374,70 @@ def fix_path(spec_path: Path) -> Path:
     return spec_path.with_name(f"{spec_path.stem}.fix.yaml")
 
 
+def _last_line(node: yaml.Node) -> int:
+    """The last line holding text of ``node`` (block collections end where the next token starts)."""
+    if isinstance(node, yaml.MappingNode) and node.value and not node.flow_style:
+        return _last_line(node.value[-1][1])
+    if isinstance(node, yaml.SequenceNode) and node.value and not node.flow_style:
+        return _last_line(node.value[-1])
+    end = node.end_mark
+    return end.line - 1 if end.column == 0 and end.line > node.start_mark.line else end.line
+
+
+def _spliced(text: str, blocks: dict[int, dict]) -> str | None:
+    """``text`` with the ``quantization`` block of each model entry ``i`` replaced by ``blocks[i]`` (added when
+    missing), every other line (comments included) kept as written. None when the layout is not block style.
+    """
+    root = yaml.compose(text)
+    models = next((v for k, v in root.value if k.value == "models"), None) if isinstance(root, yaml.MappingNode) \
+        else None
+    if not isinstance(models, yaml.SequenceNode) or models.flow_style:
+        return None
+    lines = text.splitlines()
+    edits = []  # (first line, last line inclusive or first - 1 for an insertion, new lines)
+    for index, quantization in blocks.items():
+        entry = models.value[index]
+        if not isinstance(entry, yaml.MappingNode) or entry.flow_style or not entry.value:
+            return None
+        col = entry.value[0][0].start_mark.column
+        new = [" " * col + line for line in yaml.safe_dump({"quantization": quantization}, sort_keys=False,
+                                                           default_flow_style=False).splitlines()]
+        pair = next(((k, v) for k, v in entry.value if k.value == "quantization"), None)
+        if pair is not None:
+            edits.append((pair[0].start_mark.line, _last_line(pair[1]), new))
+        else:
+            after = _last_line(entry) + 1
+            edits.append((after, after - 1, new))
+    for first, last, new in sorted(edits, reverse=True):
+        lines[first:last + 1] = new
+    return "\n".join(lines) + "\n"
+
+
 def write_fix(spec_path: Path, patches: dict[int, dict]) -> Path:
     """Write ``<spec stem>.fix.yaml`` beside the spec: the spec with each model's verified patch applied.
 
     The user's spec is never modified; the fix file is a complete spec that can be run as is, diffed against
-    the original, or merged by hand.
+    the original, or merged by hand. Only the patched models' ``quantization`` blocks are rewritten, so the
+    user's comments and layout survive everywhere else (a flow-style spec is rewritten whole).
     """
-    raw = yaml.safe_load(spec_path.read_text())
-    for index, patch in patches.items():
-        entry = raw["models"][index]
-        entry["quantization"] = {**(entry.get("quantization") or {}), **patch}
+    text = spec_path.read_text()
+    raw = yaml.safe_load(text)
+    blocks = {i: {**(raw["models"][i].get("quantization") or {}), **patch} for i, patch in patches.items()}
+    body = _spliced(text, blocks)
+    if body is None or yaml.safe_load(body) != _applied(raw, blocks):
+        body = yaml.safe_dump(_applied(raw, blocks), sort_keys=False)
     dest = fix_path(spec_path)
     header = (f"# {spec_path.name} with the remedies verified by pytest-quantacc applied (quantization keys of\n"
               f"# models {', '.join(str(raw['models'][i].get('name')) for i in patches)}). Generated; "
               f"{spec_path.name} is unchanged.\n")
     tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    tmp.write_text(header + body)
     tmp.replace(dest)
     return dest
+
+
+def _applied(raw: dict, blocks: dict[int, dict]) -> dict:
+    out = copy.deepcopy(raw)
+    for index, quantization in blocks.items():
+        out["models"][index]["quantization"] = quantization
+    return out

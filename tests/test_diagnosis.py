@@ -18,7 +18,7 @@ from conftest import EXAMPLE, write_spec, zoo_entry
 
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.match import Layer, QParams
-from pytest_quantacc.remedy import _apply, deepen, patch_yaml
+from pytest_quantacc.remedy import _apply, deepen, patch_yaml, write_fix
 from pytest_quantacc.rootcause import activation_stats, site
 
 _GLOBAL_KEYS = {"per_channel", "method", "activations", "weights"}
@@ -173,3 +173,39 @@ def test_patch_keeps_what_the_spec_already_has():
     assert applied.overrides == (Override("a", "int16", "int16"), Override("b", "int16"))
     assert applied.exclude_nodes == ("x", "c") and applied.method == q.method
     assert yaml.safe_load(patch_yaml(patch)) == {"quantization": patch}
+
+
+SPEC_WITH_COMMENTS = """# top comment
+quantacc: 1
+defaults:
+  quantization: {reduce_range: true}   # inline comment
+models:
+  # first model
+  - name: a
+    model: a.onnx
+    quantization:
+      method: minmax   # why minmax
+    # comment about modes
+    modes: [float, fixed]
+  - name: b          # second
+    model: b.onnx
+    evaluation:
+      data: e.npz
+# trailing comment
+"""
+
+
+@pytest.mark.parametrize("text", [SPEC_WITH_COMMENTS, 'quantacc: 1\nmodels: [{name: a, model: a.onnx, quantization: '
+                                                     '{method: minmax}}, {name: b, model: b.onnx}]\n'])
+def test_fix_file_keeps_the_users_comments_outside_the_patched_blocks(tmp_path, text):
+    spec = tmp_path / "quantacc.yaml"
+    spec.write_text(text)
+    patches = {0: {"overrides": {"conv2": {"activations": "int16"}}}, 1: {"per_channel": True}}
+    fix = write_fix(spec, patches)
+    expected = yaml.safe_load(text)
+    expected["models"][0]["quantization"] = {"method": "minmax", **patches[0]}
+    expected["models"][1]["quantization"] = patches[1]
+    assert yaml.safe_load(fix.read_text()) == expected
+    assert spec.read_text() == text
+    kept = [line for line in text.splitlines() if "#" in line and "why minmax" not in line]
+    assert all(line in fix.read_text().splitlines() for line in kept)
