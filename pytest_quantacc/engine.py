@@ -187,7 +187,7 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
 
 
 def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Samples, modes: set[str],
-          memory_budget: int | None, in_flight: int) -> Plan:
+                memory_budget: int | None, in_flight: int) -> Plan:
     """The passes over the graph: one unless one sample's compared tensors would not fit the budget."""
     items = [lay.tensor for lay in layers if lay.skip is None or lay.quant_tensor]
     sizes = tensor_bytes(float_model, evals.largest_shapes())
@@ -230,34 +230,10 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         quantized = [lay for lay in layers if lay.quant_tensor and lay.tensor in in_pass]
         outs = outputs if k == 0 else []  # model outputs are compared once, in the first pass
 
-        def session(model: onnx.ModelProto, wanted: list[str]) -> Runner | None:
-            # Each pass computes only what it compares: the graph is pruned to the exposed tensors. Only with
-            # optimizations off, where every node runs the same kernel on the same inputs either way.
-            return Runner(prune(model, wanted), [], False, threads, data_dir=art.workdir) if wanted else None
+        runners = _pass_runners(art, float_model, fixed_model, modes, compared, quantized, outs, threads)
 
-        both = {"float", "fixed"} <= modes
-        float_run = session(float_model, ([lay.tensor for lay in compared] if both else []) +
-                            (outs if "offline" in modes else [])) if "float" in modes else None
-        fixed_run = offline_run = deployed_run = None
-        if "fixed" in modes:
-            wanted = [lay.fixed_tensor for lay in compared] if both else []
-            if "offline" in modes:
-                wanted += [lay.quant_tensor for lay in quantized]
-            fixed_run = session(fixed_model, wanted)
-        if "offline" in modes and outs:
-            # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
-            # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
-            deployed_run = Runner(fixed_model, [], optimize=True, threads=threads, data_dir=art.workdir)
-        if {"fixed", "offline"} <= modes and quantized:
-            # Never pruned: which nodes ONNX Runtime fuses into integer kernels depends on the whole graph (a
-            # pruned copy of a model with an If fused a MatMul the deployable model does not), and this session
-            # must compute what the deployable model computes. Exposing outputs does not change fusion.
-            offline_run = Runner(fixed_model, [lay.quant_tensor for lay in quantized], optimize=True,
-                                 threads=threads, data_dir=art.workdir)
-
-        def run(sample, float_run=float_run, fixed_run=fixed_run, offline_run=offline_run,
-                deployed_run=deployed_run):
-            return tuple(r.run(sample) if r else {} for r in (float_run, fixed_run, offline_run, deployed_run))
+        def run(sample, runners=runners):
+            return tuple(r.run(sample) if r else {} for r in runners)
 
         def reduce(results, compared=compared, quantized=quantized, outs=outs) -> None:
             f, fx, off, deployed = results
@@ -274,7 +250,7 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
                         agree[lay.quant_tensor].add(a, b)
 
         pipelined(evals, run, reduce, overlap=overlap)
-        del float_run, fixed_run, offline_run, deployed_run, run  # free this pass's sessions before the next
+        del runners, run  # free this pass's sessions before the next pass builds its own
 
     comparisons = []
     if "float" in modes and "fixed" in modes:
@@ -295,9 +271,40 @@ def _simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
     if "fixed" in modes and "offline" in modes:
         agreement = AgreementResult(tuple(a.result() for a in agree.values() if a.elements),
                                     mspec.offline.tolerance_steps, mspec.offline.max_mismatch_rate)
-    return ModelResult(mspec, art, tuple(comparisons), agreement, quantized_layers=sum(1 for x in layers if x.quant_tensor),
-                       samples=len(evals), passes=passes.count,
-                       memory=passes.describe() if passes.count > 1 else None)
+    return ModelResult(mspec, art, tuple(comparisons), agreement,
+                       quantized_layers=sum(1 for lay in layers if lay.quant_tensor), samples=len(evals),
+                       passes=passes.count, memory=passes.describe() if passes.count > 1 else None)
+
+
+def _pass_runners(art: Artifacts, float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, modes: set[str],
+                  compared: list[Layer], quantized: list[Layer], outs: list[str],
+                  threads: int) -> tuple[Runner | None, Runner | None, Runner | None, Runner | None]:
+    """The float, fixed, offline and deployed sessions of one pass (None where the modes need none)."""
+    def pruned(model: onnx.ModelProto, wanted: list[str]) -> Runner | None:
+        # Only what the pass compares is computed. Pruning is safe with optimizations off, where every node
+        # runs the same kernel on the same inputs either way.
+        return Runner(prune(model, wanted), [], False, threads, data_dir=art.workdir) if wanted else None
+
+    both = {"float", "fixed"} <= modes
+    float_run = pruned(float_model, ([lay.tensor for lay in compared] if both else []) +
+                       (outs if "offline" in modes else [])) if "float" in modes else None
+    fixed_run = offline_run = deployed_run = None
+    if "fixed" in modes:
+        wanted = [lay.fixed_tensor for lay in compared] if both else []
+        if "offline" in modes:
+            wanted += [lay.quant_tensor for lay in quantized]
+        fixed_run = pruned(fixed_model, wanted)
+    if "offline" in modes and outs:
+        # Model outputs come from the deployable model exactly as shipped: exposing intermediate tensors can
+        # change which fusions ONNX Runtime applies, so the exposed copy is used only for fixed vs offline.
+        deployed_run = Runner(fixed_model, [], optimize=True, threads=threads, data_dir=art.workdir)
+    if {"fixed", "offline"} <= modes and quantized:
+        # Never pruned: which nodes ONNX Runtime fuses into integer kernels depends on the whole graph (a pruned
+        # copy of a model with an If fused a MatMul the deployable model does not), and this session must
+        # compute what the deployable model computes. Exposing outputs does not change fusion.
+        offline_run = Runner(fixed_model, [lay.quant_tensor for lay in quantized], optimize=True, threads=threads,
+                             data_dir=art.workdir)
+    return float_run, fixed_run, offline_run, deployed_run
 
 
 def _inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
