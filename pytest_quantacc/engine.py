@@ -76,9 +76,14 @@ class AgreementResult:
         return max(self.tensors, key=lambda a: (a.mismatch_rate, a.max_steps), default=None)
 
     @property
+    def first_failing(self) -> Agreement | None:
+        """The first tensor in graph order beyond the gate: where the integer kernels start to disagree
+        (tensors after it also carry the difference of their inputs)."""
+        return next((t for t in self.tensors if t.mismatch_rate > self.max_mismatch_rate), None)
+
+    @property
     def passed(self) -> bool:
-        w = self.worst
-        return w is None or w.mismatch_rate <= self.max_mismatch_rate
+        return self.first_failing is None
 
 
 @dataclass(frozen=True)

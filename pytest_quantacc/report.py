@@ -101,10 +101,13 @@ def agreement_text(result: ModelResult) -> str:
     keys = list(a.tensors[0].histogram) if a.tensors else []
     table = tabulate(rows, headers=["tensor", "max steps", f"> {a.tolerance_steps} steps"] + [f"{k}" for k in keys],
                      tablefmt="simple")
-    worst = a.worst
+    worst, first = a.worst, a.first_failing
     head = (f"{result.spec.name}: fixed vs offline: worst tensor {worst.tensor}: "
             f"{100 * worst.mismatch_rate:.2f}% of elements differ by more than {a.tolerance_steps} steps "
             f"(gate {100 * a.max_mismatch_rate:.2f}%), max {worst.max_steps} steps") if worst else "nothing compared"
+    if first is not None and first is not worst:
+        head += (f"\nfirst tensor beyond the gate (graph order; later tensors inherit its difference): "
+                 f"{first.tensor}: {100 * first.mismatch_rate:.2f}%, max {first.max_steps} steps")
     hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range)
     return "\n".join([head, "", "step differences per tensor (element counts):", table]
                      + ([""] + [f"hint: {h}" for h in hints] if hints else []))
@@ -142,8 +145,11 @@ def model_summary(result: ModelResult) -> str:
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
-        lines.append(f"  fixed vs offline: {'passed' if result.agreement.passed else 'FAILED'}; worst {w.tensor}: "
-                     f"{100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} steps, max {w.max_steps}")
+        first = result.agreement.first_failing
+        lines.append(f"  fixed vs offline: {'passed' if result.agreement.passed else 'FAILED'}; "
+                     + (f"first {first.tensor}; " if first is not None and first is not w else "")
+                     + f"worst {w.tensor}: {100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} "
+                       f"steps, max {w.max_steps}")
     return "\n".join(lines)
 
 
@@ -203,7 +209,8 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
     if result.agreement is not None:
         a = result.agreement
         comps.append({
-            "reference": "fixed", "target": "offline", "first_diverging_layer": None,
+            "reference": "fixed", "target": "offline",
+            "first_diverging_layer": a.first_failing.tensor if a.first_failing else None,
             "tolerance_steps": a.tolerance_steps, "max_mismatch_rate": a.max_mismatch_rate,
             "status": PASSED if a.passed else FAILED,
             "layers": [{"tensor": t.tensor, "max_steps": t.max_steps, "mismatch_rate": t.mismatch_rate,

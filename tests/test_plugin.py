@@ -7,7 +7,9 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 
+import onnx
 import pytest
+import yaml
 from conftest import EXAMPLE, write_spec, zoo_entry
 
 
@@ -204,3 +206,32 @@ def test_directory_run_skips_written_fix_files(project):
     assert "quantacc.yaml::digits_cnn::convert" in out and "quantacc.fix.yaml" not in out
     named = run(project, "quantacc.fix.yaml", "--collect-only", "-q").stdout.str()
     assert "quantacc.fix.yaml::digits_cnn::convert" in named
+
+
+def test_fixed_vs_offline_failure_names_the_first_tensor_beyond_the_gate(pytester):
+    """Without reduce_range, ONNX Runtime's u8s8 kernels saturate on CPUs without VNNI and the deployable model
+    disagrees with fake-quant; the report must point at the first tensor (graph order) where that starts."""
+    shutil.copytree(EXAMPLE / "models", pytester.path / "models")
+    shutil.copytree(EXAMPLE / "data", pytester.path / "data")
+    raw = yaml.safe_load((EXAMPLE / "quantacc.yaml").read_text())
+    raw["models"][0]["quantization"]["reduce_range"] = False
+    raw["models"][0].pop("accuracy", None)
+    (pytester.path / "quantacc.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = pytester.runpytest("--quantacc", "quantacc.yaml", "--quantacc-report", "r.json", "-p", "no:randomly",
+                                "-p", "no:cacheprovider")
+    report = json.loads((pytester.path / "r.json").read_text())["models"][0]
+    agreement = next(c for c in report["comparisons"] if c["reference"] == "fixed")
+    if agreement["status"] == "passed":
+        pytest.skip("this CPU's integer kernels agree with fake-quant without reduce_range (VNNI)")
+    failing = [t["tensor"] for t in agreement["layers"] if t["status"] == "failed"]
+    assert agreement["first_diverging_layer"] == failing[0]
+    # graph order, checked against the quantized model itself: the first failing tensor's QuantizeLinear comes
+    # before every other failing tensor's
+    fixed = onnx.load(report["artifacts"] + "/fixed.onnx", load_external_data=False)
+    position = {t: i for i, n in enumerate(fixed.graph.node) for t in n.output}
+    assert position[failing[0]] == min(position[t] for t in failing)
+    out = result.stdout.str()
+    worst = max(agreement["layers"], key=lambda t: (t["mismatch_rate"], t["max_steps"]))["tensor"]
+    if worst != failing[0]:
+        assert f"first tensor beyond the gate (graph order; later tensors inherit its difference): {failing[0]}" in out
+        assert f"fixed vs offline: FAILED; first {failing[0]}; worst {worst}" in out
