@@ -31,7 +31,8 @@ from pathlib import Path
 
 from . import __version__
 from .accuracy import AccuracyResult, evaluation_samples, task_accuracy
-from .convert import _data_key, _digest, _file_digest, _read_manifest, prepare_float, workdir_for
+from .convert import (_data_key, _digest, _file_digest, _hash_file, _read_json, _read_manifest, prepare_float,
+                      workdir_for)
 from .errors import QuantaccInputError
 from .engine import ModelResult, evaluate_model
 from .serialize import FORMAT, from_dict, recheck, to_dict
@@ -137,24 +138,25 @@ def verify(workdir: Path) -> None:
         _invalidate(workdir)
 
 
-def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
 def _matches(path: Path, sealed) -> bool:
     """The file is as sealed: same size and modification time (hashing gigabytes of side files on every warm
     run cost more than the run), or, when either differs, the same sha256."""
     if isinstance(sealed, str):  # checksums.json written before the stamps were recorded
-        return sealed == _file_digest(path)
+        return sealed == _hash_file(path)
     if not isinstance(sealed, list) or len(sealed) != 3:
         return False
-    return sealed[:2] == _stamp(path) or sealed[2] == _file_digest(path)
+    return _hash_file(path, {str(path.resolve()): sealed}) == sealed[2]
 
 
 def seal(workdir: Path) -> None:
-    """Record size, modification time and sha256 of every cached file present (under the lock, after writing)."""
-    sums = {n: [*_stamp(workdir / n), _file_digest(workdir / n)] for n in _CACHED if (workdir / n).is_file()}
+    """Record size, modification time and sha256 of every cached file present (under the lock, after writing).
+    Files unchanged since the previous seal keep their digest without being read again."""
+    previous = _read_json(workdir / _SEAL)
+    known = {str((workdir / n).resolve()): v for n, v in previous.items() if isinstance(v, list)}
+    present = [n for n in _CACHED if (workdir / n).is_file()]
+    for n in present:
+        _hash_file(workdir / n, known)
+    sums = {n: known[str((workdir / n).resolve())] for n in present}
     _atomic_write(workdir / _SEAL, json.dumps(sums, indent=1, sort_keys=True))
 
 

@@ -67,46 +67,68 @@ def _digest(*parts: bytes | str) -> str:
 _MEMO = "digests.json"
 
 
-def _file_digest(path: Path, memo_dir: Path | None = None) -> str:
-    """sha256 of a file's bytes.
-
-    With ``memo_dir`` (a model's work folder, used under its lock) the digest is remembered there with the
-    file's size and modification time and reused while both are unchanged: hashing a 2.4 GB weights file
-    and gigabytes of evaluation data took most of a warm run that otherwise only re-checks stored metrics.
-    """
-    memo = memo_dir / _MEMO if memo_dir is not None and memo_dir.is_dir() else None
-    known = _read_json(memo) if memo is not None else {}
+def _stamp(path: Path) -> list[int]:
     st = path.stat()
-    where, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns]
-    hit = known.get(where)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _hash_file(path: Path, known: dict | None = None) -> str:
+    """sha256 of a file's bytes. ``known`` maps a resolved path to ``[size, mtime_ns, sha256]`` from earlier
+    calls: reused while the file's size and modification time are unchanged, updated when hashed."""
+    where, stamp = str(path.resolve()), _stamp(path)
+    hit = known.get(where) if known is not None else None
     if isinstance(hit, list) and hit[:2] == stamp:
         return hit[2]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    if memo is not None:
+    if known is not None:
         known[where] = [*stamp, h.hexdigest()]
-        _write_json(memo, known)
     return h.hexdigest()
+
+
+@contextmanager
+def _remembered(memo_dir: Path | None):
+    """The digests remembered in ``<memo_dir>/digests.json`` (None without a folder), written back if changed.
+
+    Used under the model folder's lock: hashing a 2.4 GB weights file and gigabytes of evaluation data took
+    most of a warm run that otherwise only re-checks stored metrics.
+    """
+    if memo_dir is None or not memo_dir.is_dir():
+        yield None
+        return
+    known = _read_json(memo_dir / _MEMO)
+    before = dict(known)
+    yield known
+    if known != before:
+        _write_json(memo_dir / _MEMO, known)
+
+
+def _file_digest(path: Path, memo_dir: Path | None = None) -> str:
+    """sha256 of a file, remembered in ``memo_dir`` (see :func:`_remembered`) when one is given."""
+    with _remembered(memo_dir) as known:
+        return _hash_file(path, known)
 
 
 def _model_key(model: Path, memo_dir: Path | None = None) -> str:
     """Model bytes plus any external-data files beside it, and the tool versions that shape the float model."""
     ort = _ort()
-    parts = [_file_digest(model, memo_dir), ort.__version__, onnx.__version__, __version__, FLOAT_REWRITES]
-    try:
-        proto = onnx.load(str(model), load_external_data=False)
-    except Exception:  # not ONNX: the key only has to differ; load_onnx reports the problem
-        return _digest(*parts)
-    locations = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
-    parts += [_file_digest(model.parent / loc, memo_dir) for loc in locations if (model.parent / loc).is_file()]
+    with _remembered(memo_dir) as known:
+        parts = [_hash_file(model, known), ort.__version__, onnx.__version__, __version__, FLOAT_REWRITES]
+        try:
+            proto = onnx.load(str(model), load_external_data=False)
+        except Exception:  # not ONNX: the key only has to differ; load_onnx reports the problem
+            return _digest(*parts)
+        locations = sorted({e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"})
+        parts += [_hash_file(model.parent / loc, known) for loc in locations if (model.parent / loc).is_file()]
     return _digest(*parts)
 
 
 def _data_key(path: Path, memo_dir: Path | None = None) -> str:
     files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
-    return _digest(*[_file_digest(f, memo_dir) for f in files])
+    with _remembered(memo_dir) as known:
+        return _digest(*[_hash_file(f, known) for f in files])
 
 
 def workdir_for(base: Path, mspec: ModelSpec) -> Path:
