@@ -371,3 +371,24 @@ def test_sealed_files_are_rehashed_when_their_stamp_changes(tmp_path):
     with pytest.warns(Warning, match="failed the checksum"):
         verify(work)
     assert not (work / "fixed.onnx.data").exists()
+
+
+def test_seal_rehashes_changed_files_and_keeps_unchanged_digests(tmp_path):
+    import hashlib
+
+    from pytest_quantacc.cache import seal
+
+    work = tmp_path / "m"
+    work.mkdir()
+    (work / "float.onnx.data").write_bytes(b"f" * 64)
+    (work / "fixed.onnx.data").write_bytes(b"x" * 64)
+    seal(work)
+    first = json.loads((work / "checksums.json").read_text())
+    st = (work / "fixed.onnx.data").stat()
+    (work / "fixed.onnx.data").write_bytes(b"y" * 64)
+    os.utime(work / "fixed.onnx.data", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    seal(work)
+    second = json.loads((work / "checksums.json").read_text())
+    assert second["float.onnx.data"] == first["float.onnx.data"]
+    assert second["fixed.onnx.data"][2] == hashlib.sha256(b"y" * 64).hexdigest()
+    assert first["fixed.onnx.data"][2] == hashlib.sha256(b"x" * 64).hexdigest()
