@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+MAX_PROBLEM_CHARS = 8000  # a message is read by a person: past this it is cut (values are quoted bounded anyway)
+
 
 class QuantaccInputError(Exception):
     """A problem with the user's spec, model or data, located by spec file and key path."""
 
     def __init__(self, spec: Path | str, key: str, problem: str) -> None:
         self.spec = str(spec)
-        self.key = key
-        self.problem = problem
+        self.key = key if len(key) <= 500 else key[:500] + "..."
+        self.problem = problem if len(problem) <= MAX_PROBLEM_CHARS else problem[:MAX_PROBLEM_CHARS] + " [...]"
         super().__init__(self.message)
 
     @property
@@ -25,14 +27,18 @@ class QuantaccInputError(Exception):
         return f"{where}: {self.problem}"
 
 
-def unexpected(spec: Path | str, key: str, exc: BaseException) -> QuantaccInputError:
-    """An error nobody anticipated while evaluating a model, located at the model entry of its spec.
+def unexpected(spec: Path | str, key: str, exc: BaseException, stage: str = "evaluation") -> QuantaccInputError:
+    """An error nobody anticipated while evaluating a model (or, per ``stage``, loading or collecting a spec),
+    located at the model entry of its spec.
 
     Reported once per model like an input error (the session goes on), with the underlying error's type and
     first line, so the user sees what failed without a traceback repeated on every item.
     """
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except Exception:  # a user exception whose __str__ fails
+        text = ""
     line = text.splitlines()[0][:500] if text else ""
     return QuantaccInputError(spec, key,
-                              f"evaluation failed: {type(exc).__name__}" + (f": {line}" if line else "")
+                              f"{stage} failed: {type(exc).__name__}" + (f": {line}" if line else "")
                               + " (if your files look right, this is a bug in pytest-quantacc: please report it)")

@@ -44,8 +44,9 @@ class Rows:
     """One input's samples (axis 0 of an array), read one at a time and cast to the model's dtype.
 
     An uncompressed ``.npz`` member is read straight from the file, sample by sample, so the evaluation data
-    never has to fit in memory at once (peak memory stays flat in the number of samples); anything else
-    (compressed members, Fortran order, a single-sample file) is loaded as an array.
+    never has to fit in memory at once (peak memory stays flat in the number of samples); a compressed member
+    is inflated only as far as the samples a ``limit`` lets be read (``array`` then holds a prefix of the
+    ``shape[0]`` stored samples); anything else (Fortran order, a single-sample file) is loaded as an array.
     """
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, array: np.ndarray | None = None,
@@ -78,7 +79,7 @@ class Rows:
     def raw(self, i: int) -> np.ndarray:
         """Sample ``i`` as stored."""
         if self._array is not None:
-            return self._array[i]
+            return self._array[i, ...]  # an ndarray even for rank-0 samples (``[i]`` gives a numpy scalar)
         size = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with open(self._file, "rb") as f:
             f.seek(self._offset + i * size)
@@ -152,10 +153,34 @@ def _stored_member(path: Path, info: zipfile.ZipInfo) -> Rows | None:
     return Rows(tuple(shape), dtype, file=path, offset=data)
 
 
-def _read_npz(path: Path, fail) -> dict[str, Rows]:
+def _inflated_prefix(z: np.lib.npyio.NpzFile, member: str, limit: int) -> Rows | None:
+    """The first ``limit`` samples of a compressed C-order member, inflating no more of it than they take, so
+    memory follows the samples read, not the member's size (deflate turns a megabyte into gigabytes)."""
+    with z.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        if fortran or dtype.hasobject or not shape or shape[0] <= limit:
+            return None  # no saving: numpy's own reader checks and loads it
+        rows = limit
+        size = rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        data = f.read(size)
+    if len(data) != size:
+        return None  # truncated member: let numpy's reader report it
+    return Rows(tuple(shape), dtype, array=np.frombuffer(data, dtype=dtype).reshape((rows, *shape[1:])))
+
+
+def _read_npz(path: Path, fail, limit: int | None = None) -> dict[str, Rows]:
+    """The arrays of a .npz, each as ``Rows``; with ``limit``, no member is read beyond its first ``limit`` rows."""
+    if not path.is_file():  # np.load would block on a FIFO and read a device forever (the spec parser checks too)
+        raise fail(f"{path.name} is not a regular file")
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
         raise fail(f"cannot read {path.name} as a .npz file: {exc}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise fail(f"{path.name} holds a single .npy array, not a .npz archive of arrays named by model input")
@@ -164,7 +189,10 @@ def _read_npz(path: Path, fail) -> dict[str, Rows]:
         with loaded as z:
             members = {i.filename: i for i in z.zip.infolist()}
             for k in z.files:
-                lazy = _stored_member(path, members[f"{k}.npy"]) if f"{k}.npy" in members else None
+                info = members.get(f"{k}.npy")
+                lazy = _stored_member(path, info) if info is not None else None
+                if lazy is None and info is not None and limit is not None and info.compress_type != zipfile.ZIP_STORED:
+                    lazy = _inflated_prefix(z, info.filename, limit)
                 if lazy is None:
                     a = z[k]
                     if not isinstance(a, np.ndarray):
@@ -188,11 +216,14 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
         files = sorted(p for p in path.iterdir() if p.suffix == ".npz")
         if not files:
             raise fail(f"directory {path} holds no .npz files")
-        per_file = [(f, _read_npz(f, fail), True) for f in files]
+        odd = next((f for f in files if not f.is_file()), None)
+        if odd is not None:
+            raise fail(f"{odd.name} in {path} is not a regular file (every .npz in a data folder is one sample file)")
+        per_file = [(f, _read_npz(f, fail), True) for f in files[:limit]]  # one sample per file
     else:
         if path.suffix != ".npz":
             raise fail(f"{path.name}: expected a .npz file (one array per model input) or a directory of them")
-        per_file = [(path, _read_npz(path, fail), False)]
+        per_file = [(path, _read_npz(path, fail, limit), False)]
 
     names = {i.name for i in inputs}
     checked: list[dict[str, np.ndarray]] = []
@@ -216,7 +247,7 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
             arr = arrays[info.name]
             if one_sample:  # the file is one sample: its arrays have no sample axis
                 arr = Rows.of(arr.load()[None])
-            arr, add[info.name] = _check_array(arr, info, file, fail)
+            arr, add[info.name] = _check_array(arr, info, file, fail, None if limit is None else limit - total)
             counts.add(len(arr))
             out[info.name] = arr
         if len(counts) != 1:
@@ -232,9 +263,9 @@ def load_samples(path: Path, limit: int | None, inputs: tuple[InputInfo, ...], s
     return Samples(tuple(checked), tuple(adders), min(total, limit) if limit else total)
 
 
-def _check_array(arr: Rows, info: InputInfo, file: Path, fail) -> tuple[Rows, bool]:
-    """Check one input's samples, one sample at a time; returns them cast to the model's dtype and whether to
-    add a batch axis."""
+def _check_array(arr: Rows, info: InputInfo, file: Path, fail, fed: int | None = None) -> tuple[Rows, bool]:
+    """Check one input's samples, one sample at a time (the first ``fed`` of them: those a limit lets through);
+    returns them cast to the model's dtype and whether to add a batch axis."""
     where = f"{file.name}: array {info.name!r}"
     if len(arr.shape) == 0:
         raise fail(f"{where} is a single value; axis 0 must index samples (shape [N, ...])")
@@ -251,7 +282,7 @@ def _check_array(arr: Rows, info: InputInfo, file: Path, fail) -> tuple[Rows, bo
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}; "
                        f"store float data (the harness does not guess a scale for integer pixels)")
         arr = arr.with_cast(info.dtype)
-        for i in range(len(arr)):
+        for i in range(min(len(arr), fed) if fed is not None else len(arr)):
             row = arr[i]
             if not np.isfinite(row).all():
                 kind = "NaN" if np.isnan(row).any() else "Inf"
@@ -260,7 +291,7 @@ def _check_array(arr: Rows, info: InputInfo, file: Path, fail) -> tuple[Rows, bo
         if arr.dtype != info.dtype and not (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(info.dtype, np.integer)):
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}")
         if arr.dtype != info.dtype:
-            for i in range(len(arr)):
+            for i in range(min(len(arr), fed) if fed is not None else len(arr)):
                 raw = arr.raw(i)
                 if not np.array_equal(raw.astype(info.dtype), raw):
                     raise fail(f"{where}: values do not fit the model input's dtype {info.dtype}")

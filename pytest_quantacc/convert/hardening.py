@@ -91,14 +91,14 @@ def check_quantizable(mspec: ModelSpec, model: onnx.ModelProto, calibration: Sam
 
 def explain_quantizer_failure(mspec: ModelSpec, float_model: onnx.ModelProto, calibration: Samples,
                               exc: BaseException, data_dir=None) -> str | None:
-    """Name the tensors behind a histogram calibration failure: values beyond +-1e30 (fill values).
+    """Name the tensors behind a calibration failure: the first tensor the float model fills with NaN or Inf
+    from finite data (any method: a min/max of NaN makes no scale), or, for histogram methods, values beyond
+    +-1e30 (fill values).
 
     Runs the float model on the first few calibration samples with every float tensor exposed; only called
     after the quantizer has failed, so a healthy run never pays for it. ``float_model`` may be the graph
     without its external data; ONNX Runtime then reads the weights from ``data_dir``.
     """
-    if mspec.quantization.method not in _HISTOGRAM_METHODS:
-        return None
     import onnxruntime as ort
 
     from ..graph.structure import FLOAT_TYPES, elem_types, expose
@@ -118,13 +118,19 @@ def explain_quantizer_failure(mspec: ModelSpec, float_model: onnx.ModelProto, ca
         for i, sample in enumerate(calibration):
             if i == 4:
                 break
-            for name, value in zip(names, session.run(names, sample)):
+            for name, value in zip(names, session.run(names, sample)):  # node order: producers first
+                if value.size and not np.isfinite(value).all():
+                    kind = "NaN" if np.isnan(value).any() else "Inf"
+                    return (f"The float model itself produces {kind} in tensor {name} (node {producer[name]}) on "
+                            f"calibration sample {i}, whose inputs are finite (a Log or Sqrt of a negative value, a "
+                            f"division by zero, an overflow?); no quantization scale can be derived from it. Fix "
+                            f"the model or the data so that {name} stays finite")
                 peak = float(np.max(np.abs(value))) if value.size else 0.0
                 if peak > _EXTREME:
                     extreme[name] = max(extreme.get(name, 0.0), peak)
     except Exception:  # explaining is best effort: the quantizer's own words are reported regardless
         return None
-    if not extreme:
+    if not extreme or mspec.quantization.method not in _HISTOGRAM_METHODS:
         return None
     nodes = list(dict.fromkeys(producer[t] for t in extreme))
     listed = "; ".join(f"{t} (node {producer[t]}, |x| up to {v:.3g})" for t, v in list(extreme.items())[:4])

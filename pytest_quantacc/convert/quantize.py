@@ -26,6 +26,7 @@ from ..graph.extdata import data_name, inline_small, intact, path_has_external_d
 from ..graph.structure import consumers
 from ..samples import Samples
 from ..spec.model import ModelSpec, Quantization
+from ..spec.node import shown
 from .hardening import check_quantizable, explain_quantizer_failure, with_explanation
 from .prepare import external_options, first_line, quiet_ort
 from .workdir import Artifacts, data_key, digest, read_manifest, write_manifest
@@ -74,10 +75,12 @@ def _check_names(mspec: ModelSpec, model: onnx.ModelProto, q: Quantization) -> N
     known = set(names)
     for i, node in enumerate(q.exclude_nodes):
         if node not in known:
-            raise mspec.error(f"quantization.exclude_nodes[{i}]", f"no node named {node!r} in the model{_hint(node, names)}")
+            raise mspec.error(f"quantization.exclude_nodes[{i}]",
+                              f"no node named {shown(node)} in the model{_hint(node, names)}")
     for o in q.overrides:
         if o.node not in known:
-            raise mspec.error(f"quantization.overrides.{o.node}", f"no node named {o.node!r} in the model{_hint(o.node, names)}")
+            raise mspec.error(f"quantization.overrides.{o.node[:80]}",
+                              f"no node named {shown(o.node)} in the model{_hint(o.node, names)}")
 
 
 def _hint(name: str, names: list[str]) -> str:

@@ -8,6 +8,8 @@ are remembered by size and modification time (``digests.json``) so warm runs do 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +49,25 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+class NotRegularFile(OSError):
+    """A path to hash is a directory, a device, a FIFO or a socket: hashing it would fail, hang or never end."""
+
+
 def hash_file(path: Path, known: dict | None = None) -> str:
-    """sha256 of a file's bytes. ``known`` maps a resolved path to ``[size, mtime_ns, sha256]`` from earlier
-    calls: reused while the file's size and modification time are unchanged, updated when hashed."""
+    """sha256 of a regular file's bytes. ``known`` maps a resolved path to ``[size, mtime_ns, sha256]`` from
+    earlier calls: reused while the file's size and modification time are unchanged, updated when hashed.
+
+    Anything but a regular file raises ``NotRegularFile`` before a byte is read (opened non-blocking and checked
+    on the descriptor, so a FIFO cannot hang the open and ``/dev/zero`` cannot feed the hash forever)."""
     where, stamp = str(path.resolve()), _stamp(path)
     hit = known.get(where) if known is not None else None
     if isinstance(hit, list) and hit[:2] == stamp:
         return hit[2]
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     if known is not None:
@@ -102,13 +114,19 @@ def model_key(model: Path, memo_dir: Path | None = None) -> str:
 
 
 def data_key(path: Path, memo_dir: Path | None = None) -> str:
-    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]  # the spec parser checked they are files
     with remembered(memo_dir) as known:
         return digest(*[hash_file(f, known) for f in files])
 
 
 def workdir_for(base: Path, mspec: ModelSpec) -> Path:
-    return base / f"{mspec.spec_path.stem}-{digest(str(mspec.spec_path))[:6]}" / mspec.name
+    """``<base>/<spec stem>-<hash>/<model name>``; the spec parser refused names that are not one folder name
+    (``..``, ``/``, NUL, over 100 bytes), and a long spec stem is cut so the folder name stays legal."""
+    folder = base / f"{mspec.spec_path.stem[:100]}-{digest(str(mspec.spec_path))[:6]}"
+    workdir = folder / mspec.name
+    if workdir.parent != folder or mspec.name in ("", ".", ".."):
+        raise ValueError(f"model name {mspec.name[:80]!r} does not name one folder")  # parse.name_problem refuses it
+    return workdir
 
 
 def read_manifest(workdir: Path) -> dict:

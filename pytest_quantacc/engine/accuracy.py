@@ -9,8 +9,6 @@ it reads one output only, and keeps the layer engine unchanged; it runs only for
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import onnx
 
@@ -20,6 +18,7 @@ from ..samples import Samples
 from ..spec.model import ModelSpec
 from .results import AccuracyResult
 from .runner import Runner
+from .usercode import import_user_module
 
 
 
@@ -34,6 +33,12 @@ def load_labels(mspec: ModelSpec, samples: int) -> np.ndarray:
         raise mspec.error(key, f"{path.name} is not a readable .npy array ({exc})") from None
     if not isinstance(labels, np.ndarray) or labels.ndim == 0:
         raise mspec.error(key, f"{path.name}: expected an array with one label per sample (.npy)")
+    if mspec.accuracy is not None and mspec.accuracy.function is None and labels.dtype.kind not in "iu":
+        # top1 compares arg-max indices with labels: strings or floats would compare unequal (0% accuracy)
+        raise mspec.error(key, f"{path.name} holds {labels.dtype} labels; top1 needs integer class indices")
+    if labels.dtype.kind not in "biuf":
+        raise mspec.error(key, f"{path.name} holds {labels.dtype} labels; a metric gets numbers (class indices "
+                               f"or values)")
     if len(labels) < samples:
         raise mspec.error(key, f"{path.name} holds {len(labels)} labels but the evaluation data has {samples} samples")
     return labels[:samples]
@@ -62,11 +67,9 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
 def _user_metric(mspec: ModelSpec):
     gate = mspec.accuracy
     where = f"accuracy.metric ({gate.metric})"
-    spec = importlib.util.spec_from_file_location(f"quantacc_metric_{abs(hash(gate.module))}", gate.module)
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's module may raise anything while importing
+        module = import_user_module(f"quantacc_metric_{abs(hash(gate.module))}", gate.module)
+    except (Exception, SystemExit) as exc:  # the user's module may raise anything while importing
         raise mspec.error(where, f"importing {gate.module.name} failed: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, gate.function, None)
     if not callable(fn):
@@ -77,7 +80,7 @@ def _user_metric(mspec: ModelSpec):
 def _score(mspec: ModelSpec, fn, outputs: np.ndarray, labels: np.ndarray) -> float:
     try:
         value = float(fn(outputs, labels))
-    except Exception as exc:  # a user metric failing is an input problem, reported with its words
+    except (Exception, SystemExit) as exc:  # a user metric failing is an input problem, reported with its words
         raise mspec.error(f"accuracy.metric ({mspec.accuracy.metric})",
                           f"the metric raised {type(exc).__name__}: {exc}") from None
     if not np.isfinite(value):

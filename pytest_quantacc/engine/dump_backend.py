@@ -11,7 +11,10 @@ diagnosis), except that there is no "own error" second pass: that needs a model 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import os
+import signal
 import subprocess
 import tempfile
 import sys
@@ -26,7 +29,7 @@ from ..errors import QuantaccInputError
 from ..graph.match import Layer, float_layers
 from ..graph.structure import prune
 from ..samples import Samples, load_samples
-from ..spec.dumps import Command, DumpSpec, read_qparams_file
+from ..spec.dumps import Command, DumpSpec, read_qparams_file, substitute
 from ..spec.model import ModelSpec
 from .diagnose import diagnose
 from .dump_reader import DumpReader, write_inputs
@@ -46,24 +49,66 @@ def _tail(text: str) -> str:
     return text if len(text) <= _TAIL else "..." + text[-_TAIL:]
 
 
+def _read_tail(f) -> str:
+    """The last characters a command wrote into the temporary file ``f`` (it may have written gigabytes)."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - 4 * _TAIL))
+    return _tail(f.read().decode(errors="replace"))
+
+
+_GROUPS: set[int] = set()  # process groups of commands that may have left processes behind
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _GROUPS.discard(pgid)
+
+
+def end_commands() -> None:
+    """Kill whatever the commands of this process left running (helpers a simulator started and did not wait
+    for); called at the end of the pytest session, and at exit for the library API."""
+    for pgid in list(_GROUPS):
+        _kill_group(pgid)
+
+
+atexit.register(end_commands)
+
+
 def run_command(mspec: ModelSpec, cmd: Command, fields: dict[str, str]) -> CommandRun:
     """Run ``cmd`` with its placeholders filled, without a shell: each token is filled after splitting, so a
-    path with spaces or quotes stays one argument and nothing is ever interpreted by a shell."""
-    argv = tuple(token.format(**fields) for token in cmd.argv)
+    path with spaces or quotes stays one argument and nothing is ever interpreted by a shell.
+
+    The command runs in a session (process group) of its own, with its output going to temporary files rather
+    than pipes: waiting is for the command itself, never for pipes a helper it started still holds open, and on
+    timeout the whole group is killed, not only the direct child.
+    """
+    argv = tuple(substitute(token, fields) for token in cmd.argv)
     key = cmd.key.removeprefix(f"{mspec.key}.")
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, cwd=mspec.spec_path.parent, capture_output=True, text=True, errors="replace",
-                              timeout=cmd.timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-        raise mspec.error(key, f"command timed out after {cmd.timeout:g} s: {' '.join(argv)}"
-                          + (f"\nstderr (tail):\n{_tail(err)}" if err else "")) from None
-    except OSError as exc:
-        raise mspec.error(key, f"cannot run {argv[0]!r}: {exc}") from None
-    run = CommandRun(argv, proc.returncode, time.perf_counter() - t0, _tail(proc.stdout), _tail(proc.stderr))
-    if proc.returncode != 0:
-        raise mspec.error(key, f"command exited with status {proc.returncode}: {' '.join(argv)}\n"
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=mspec.spec_path.parent, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, start_new_session=True)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
+            raise mspec.error(key, f"cannot run {argv[0][:200]!r}: {exc}") from None
+        _GROUPS.add(proc.pid)
+        try:
+            returncode = proc.wait(timeout=cmd.timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc.pid)
+            proc.wait()
+            raise mspec.error(key, f"command timed out after {cmd.timeout:g} s (its process group was killed): "
+                              f"{' '.join(argv)[:2000]}" + (f"\nstderr (tail):\n{e}" if (e := _read_tail(err)) else "")
+                              ) from None
+        except BaseException:  # Ctrl-C while waiting: the command goes with the run
+            _kill_group(proc.pid)
+            raise
+        run = CommandRun(argv, returncode, time.perf_counter() - t0, _read_tail(out), _read_tail(err))
+    if returncode != 0:
+        raise mspec.error(key, f"command exited with status {returncode}: {' '.join(argv)[:2000]}\n"
                           f"stderr (tail):\n{run.stderr or '(empty)'}")
     return run
 

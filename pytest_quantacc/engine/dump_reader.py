@@ -68,7 +68,11 @@ class DumpReader:
             if pattern.startswith("re:"):
                 hit = re.fullmatch(pattern[3:], dump_name)
                 if hit:
-                    name = hit.expand(target)
+                    try:
+                        name = hit.expand(target)
+                    except (re.error, IndexError) as exc:  # the parser checks group references; escapes too
+                        raise QuantaccInputError(self.spec_path, f"{self.dspec.key}.names",
+                                                 f"{target!r} for {pattern!r}: {exc}") from None
                     break
             elif fnmatch.fnmatchcase(dump_name, pattern):
                 name = target
@@ -133,7 +137,12 @@ class DumpReader:
                 raise self.fail(f"{label}: integer dump ({arr.dtype}) but no scale/zero_point for it under "
                                 f"dequantize (by default, in tensors, or in file)")
             return _dequantize_array(arr, qp, ch, label, self.fail)
-        return arr.astype(np.float32, copy=False)
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():  # bad data, not a quantization error: rmse would be NaN and blame the scale
+            kind = "NaN" if np.isnan(arr).any() else "Inf"
+            raise self.fail(f"{label}: the dump of {tensor} contains {kind} (bad data in the dump file; a float "
+                            f"dump must hold finite values)")
+        return arr
 
 
 def _dequantize_array(arr: np.ndarray, qp: QuantParams, ch: int, label: str, fail) -> np.ndarray:

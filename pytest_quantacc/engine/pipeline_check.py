@@ -8,8 +8,6 @@ and the ones that explain the difference are named.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 import numpy as np
@@ -17,6 +15,7 @@ import onnx
 
 from ..convert.fold import MISTAKES, reference
 from .results import PipelineResult, Suspect
+from .usercode import import_user_module
 
 
 
@@ -27,11 +26,8 @@ def _load_hook(mspec) -> Callable[[np.ndarray], np.ndarray]:
     key = "preprocess.hook"
     name = f"quantacc_hook_{abs(hash(str(p.hook)))}"
     try:
-        spec = importlib.util.spec_from_file_location(name, p.hook)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's module: any error in it is theirs to see
+        module = import_user_module(name, p.hook, register=True)
+    except (Exception, SystemExit) as exc:  # the user's module: any error in it is theirs to see
         raise mspec.error(key, f"cannot import {p.hook.name}: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, p.function, None)
     if not callable(fn):
@@ -58,9 +54,9 @@ def check_pipeline(mspec, float_model: Path, evals, threads: int = 0) -> Pipelin
         raw = sample[in_name]
         try:
             fed = np.asarray(hook(raw.copy()), dtype=np.float32)
-        except Exception as exc:  # the user's code
+        except (Exception, SystemExit) as exc:  # the user's code
             raise mspec.error("preprocess.hook", f"{p.function} raised on sample {i}: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{type(exc).__name__}: {str(exc)[:500]}") from None
         try:
             o = orig_run.run({in_name: fed})
         except Exception as exc:  # ONNX Runtime rejects the shape or type the hook returned

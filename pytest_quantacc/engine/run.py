@@ -42,7 +42,17 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    try:
+        result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        # ONNX Runtime refusing the data at run time (a Gather index beyond its table, a shape only some samples
+        # have): the models loaded and calibrated, so it is the evaluation data that does not fit them.
+        key = "evaluation.data" if mspec.evaluation != mspec.calibration else "calibration.data"
+        text = str(exc).strip().splitlines()
+        return ModelResult(mspec, artifacts, error=mspec.error(key, f"ONNX Runtime failed running the models on "
+                           f"these samples: {type(exc).__name__}: {text[0][:500] if text else ''}"), seconds=seconds)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline_check import check_pipeline

@@ -135,12 +135,17 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     import onnxruntime
 
-    return [f"quantacc: onnxruntime {onnxruntime.__version__}, models written under {run.base}"]
+    return [f"quantacc: onnxruntime {onnxruntime.__version__}, models written under {run.base}",
+            *([run.note] if run.note else [])]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
-    if run is None or not run.results:
+    if run is None:
+        return
+    for line in run.output_errors:
+        terminalreporter.write_line(line, red=True)
+    if not run.results:
         return
     from ..report.summary import extra_lines, summary_head
 
@@ -158,19 +163,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        from ..engine.dump_backend import end_commands
+
+        end_commands()  # helpers the dump commands left running (on xdist workers too)
     if run is None or hasattr(config, "workerinput"):
         return
     if run.baseline_update:
-        from ..store.baseline import write
+        from ..store.baseline import baseline_path, write
 
         by_spec: dict[Path, list] = {}
         for ev in run.ordered():
             if ev.result.error is None:
                 by_spec.setdefault(ev.result.spec.spec_path, []).append(ev.result)
-        run.written_baselines = [write(spec, results) for spec, results in by_spec.items()]
+        written = [run.output("--quantacc-baseline-update", baseline_path(spec), lambda s=spec, r=results: write(s, r))
+                   for spec, results in by_spec.items()]
+        run.written_baselines = [p for p in written if p is not None]
     path = config.getoption("quantacc_report")
-    if not path:
-        return
-    from ..report.jsonreport import write_report
+    if path:
+        from ..report.jsonreport import write_report
 
-    write_report(config.invocation_params.dir / path, run, config.rootpath)
+        dest = config.invocation_params.dir / path
+        run.output("--quantacc-report", dest, lambda: write_report(dest, run, config.rootpath))
+    if run.output_errors and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing

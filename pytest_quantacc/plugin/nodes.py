@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from ..engine.results import BaselineCheck, Evaluated, LayerResult, ModelResult, REGRESSED, SKIPPED
-from ..errors import QuantaccInputError
+from ..errors import QuantaccInputError, unexpected
 from ..graph.match import Layer, float_layers
 from ..report.failures import agreement_text, layer_failure, outputs_failure, regression_text
 from ..report.junit import junit_properties
@@ -37,6 +37,9 @@ class SpecFile(pytest.File):
             spec = load_spec(self.path)
         except QuantaccInputError as exc:
             return [InputErrorItem.from_parent(self, name="spec", message=exc.message)]
+        except Exception as exc:  # a collection error would interrupt the whole session (contract section 6)
+            return [InputErrorItem.from_parent(self, name="spec", message=unexpected(self.path, "", exc,
+                                                                                     "loading the spec").message)]
         nodes = [(m.index, ModelNode.from_parent(self, name=m.name, mspec=m)) for m in spec.models]
         nodes += [(b.index, BrokenModel.from_parent(self, name=b.name, message=b.error.message)) for b in spec.broken]
         return [n for _, n in sorted(nodes, key=lambda x: x[0])]
@@ -82,13 +85,23 @@ class ModelNode(pytest.Collector):
         self.mspec = mspec
 
     def collect(self):
-        run: QuantaccRun = self.config.stash[RUN_KEY]
         m = self.mspec
         try:
-            float_path = cached_float(m, run.base)
+            return self._items()
         except QuantaccInputError as exc:
             return [InputErrorItem.from_parent(self, name="convert", message=exc.message)]
+        except Exception as exc:  # a collection error would interrupt the whole session (contract section 6)
+            return [InputErrorItem.from_parent(self, name="convert",
+                                               message=unexpected(m.spec_path, m.key, exc, "collection").message)]
+
+    def _items(self) -> list[pytest.Item]:
+        run: QuantaccRun = self.config.stash[RUN_KEY]
+        m = self.mspec
+        float_path = cached_float(m, run.base)
         graph = onnx.load(str(float_path), load_external_data=False)
+        unmatched = m.unmatched_pattern([n.name for n in graph.graph.node])
+        if unmatched is not None:
+            raise unmatched
         items = [ModelItem.from_parent(self, name="convert", mspec=m, kind="convert")]
         modes = set(m.modes)
         if {"original", "float"} <= modes:

@@ -49,19 +49,30 @@ class DiagnosisOutputs:
             return
         judged = self._judged()
         results = [r for r, _ in judged]
+        run = self.config.stash[RUN_KEY]
         html_path = self.config.getoption("quantacc_html")
         if html_path and results:
             from ..report.html import page
 
             dest = self.config.invocation_params.dir / html_path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            write_text(dest, page(results, verdicts=[v for _, v in judged]))
-            self.written.append(f"HTML report: {dest}")
+
+            def html() -> Path:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_text(dest, page(results, verdicts=[v for _, v in judged]))
+                return dest
+
+            if run.output("--quantacc-html", dest, html) is not None:
+                self.written.append(f"HTML report: {dest}")
         if self.config.getoption("quantacc_fix"):
-            from ..remedy.fixfile import write_fix
+            from ..remedy.fixfile import fix_path, write_fix
 
             for spec_path, patches in _fixes(results).items():
-                self.written.append(f"verified fix: {write_fix(spec_path, patches)}")
+                fixed = run.output("--quantacc-fix", fix_path(spec_path),
+                                   lambda s=spec_path, p=patches: write_fix(s, p))
+                if fixed is not None:
+                    self.written.append(f"verified fix: {fixed}")
+        if run.output_errors and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # an output the user asked for is missing
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         for line in self.written:

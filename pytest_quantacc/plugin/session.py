@@ -50,16 +50,35 @@ class QuantaccRun:
     sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
     written_baselines: list[Path] = field(default_factory=list)
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
+    note: str | None = None  # one line for the header: why artifacts went elsewhere than asked (read-only cache)
+    output_errors: list[str] = field(default_factory=list)  # outputs that could not be written, one line each
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
         workdir = config.getoption("quantacc_workdir")
+        note = None
         if workdir:
             base = Path(workdir).resolve()
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=base).close()
+            except OSError as exc:
+                raise pytest.UsageError(f"--quantacc-workdir {workdir}: cannot write there "
+                                        f"({exc.strerror or exc})") from None
         elif getattr(config, "cache", None) is not None:
-            base = Path(config.cache.mkdir("quantacc"))
+            try:
+                base = Path(config.cache.mkdir("quantacc"))
+                tempfile.TemporaryFile(dir=base).close()  # writable? (pytest only warns about its own cache)
+            except OSError as exc:
+                base = Path(tempfile.mkdtemp(prefix="quantacc-"))
+                note = (f"quantacc: pytest's cache folder cannot be written ({exc.strerror or exc}); models are "
+                        f"written under the temporary folder {base} (not reused by later runs; see --quantacc-workdir)")
         else:
             base = Path(tempfile.mkdtemp(prefix="quantacc-"))
+        threads = config.getoption("quantacc_threads")
+        if threads < 0:
+            raise pytest.UsageError(f"--quantacc-threads: expected 0 (ONNX Runtime decides) or a positive number of "
+                                    f"threads, got {threads}")
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
@@ -74,13 +93,25 @@ class QuantaccRun:
             workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
             budget = default_budget()
             budget = budget // workers if budget and workers > 1 else None
-        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
+        return cls(base, threads, tuple(config.getini("quantacc_patterns")), explicit,
                    remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
                    use_cache=not config.getoption("quantacc_no_cache"),
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
-                   memory_budget=budget)
+                   memory_budget=budget, note=note)
+
+    def output(self, option: str, dest: Path, write) -> Path | None:
+        """``write()`` one output file the user asked for with ``option``; on failure one line (the option, the
+        file, the reason) is remembered for the summary instead of a traceback at session end."""
+        try:
+            return write()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        except Exception as exc:  # a bug in a report writer must not hide the run's outcome either
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.output_errors.append(f"quantacc: ERROR: {option}: cannot write {dest}: {why}")
+        return None
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""

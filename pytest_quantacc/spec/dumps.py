@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .node import FILE, FOLDER, read_bounded, shown
+
 
 FORMATS = ("npy", "npz")
 
@@ -23,6 +25,9 @@ DUMP_MODES = ("fixed",)
 
 
 PLACEHOLDERS = ("python", "model", "float_model", "calibration", "inputs", "out", "spec_dir")
+
+
+MAX_QPARAMS_BYTES = 64 << 20  # a dequantize file: per-tensor scales of a large model are a few megabytes
 
 
 @dataclass(frozen=True)
@@ -77,31 +82,40 @@ class DumpSpec:
 def _values(v: Any, name: str, positive: bool, fail) -> tuple[float, ...]:
     items = v if isinstance(v, list) else [v]
     if not items or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x != x for x in items):
-        raise fail(f"{name}: expected a number or a non-empty list of numbers, got {v!r}")
+        raise fail(f"{name}: expected a number or a non-empty list of numbers, got {shown(v)}")
     if positive and any(x <= 0 for x in items):
-        raise fail(f"{name}: a scale must be positive, got {v!r}")
-    return tuple(float(x) for x in items)
+        raise fail(f"{name}: a scale must be positive, got {shown(v)}")
+    try:
+        values = tuple(float(x) for x in items)
+    except OverflowError:  # an integer YAML read exactly, beyond float range
+        raise fail(f"{name}: {shown(v)} is beyond the range of a floating-point number") from None
+    if any(x in (float("inf"), float("-inf")) for x in values):
+        raise fail(f"{name}: expected finite numbers, got {shown(v)}")
+    return values
 
 
 def _qparams(value: Any, fail) -> QuantParams:
     """``{scale: s, zero_point: z}``; each a number, or a list (one value per channel)."""
     if not isinstance(value, dict) or "scale" not in value or set(value) - {"scale", "zero_point"}:
-        raise fail(f"expected {{scale: ..., zero_point: ...}} (zero_point optional), got {value!r}")
+        raise fail(f"expected {{scale: ..., zero_point: ...}} (zero_point optional), got {shown(value)}")
     return QuantParams(_values(value["scale"], "scale", True, fail),
                        _values(value.get("zero_point", 0), "zero_point", False, fail))
 
 
 def read_qparams_file(path: Path, fail) -> tuple[tuple[str, QuantParams], ...]:
-    """A JSON or YAML file ``{tensor name or glob: {scale: ..., zero_point: ...}}``."""
+    """A JSON or YAML file ``{tensor name or glob: {scale: ..., zero_point: ...}}``, of bounded size (a tool's
+    ``{out}`` file is read here unchecked by the spec parser: it may be anything the tool left)."""
     import yaml
 
+    data = read_bounded(path, MAX_QPARAMS_BYTES, fail)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise fail(f"cannot read {path}: {exc}") from None
+        raw = yaml.safe_load(data.decode("utf-8"))  # JSON is YAML
+    except Exception as exc:  # UnicodeDecodeError, YAMLError, RecursionError, ValueError (a huge integer), ...
+        raise fail(f"cannot read {path}: {str(exc)[:500]}") from None
     if not isinstance(raw, dict):
         raise fail(f"{path}: expected a mapping of tensor name to {{scale, zero_point}}")
-    return tuple((str(k), _qparams(v, lambda why, k=k: fail(f"{path}: {k}: {why}"))) for k, v in raw.items())
+    return tuple((str(k)[:200], _qparams(v, lambda why, k=k: fail(f"{path}: {shown(k)}: {why}")))
+                 for k, v in raw.items())
 
 
 def _dequantize(node, deferred_ok: bool) -> tuple[Dequantize, str | None]:
@@ -109,7 +123,11 @@ def _dequantize(node, deferred_ok: bool) -> tuple[Dequantize, str | None]:
     m = node.mapping(("scale", "zero_point", "tensors", "file"))
     if "zero_point" in m and "scale" not in m:
         raise m["zero_point"].fail("a default zero_point needs a default scale")
-    default = _qparams({k: m[k].value for k in ("scale", "zero_point") if k in m}, node.fail) if "scale" in m else None
+    default = None
+    if "scale" in m:  # each checked at its own key
+        default = QuantParams(_values(m["scale"].value, "scale", True, m["scale"].fail),
+                              _values(m["zero_point"].value, "zero_point", False, m["zero_point"].fail)
+                              if "zero_point" in m else (0.0,))
     entries: list[tuple[str, QuantParams]] = []
     if "tensors" in m:
         tm = m["tensors"]
@@ -124,7 +142,7 @@ def _dequantize(node, deferred_ok: bool) -> tuple[Dequantize, str | None]:
                 raise m["file"].fail("{out} is only known with 'command'")
             deferred = text.removeprefix("{out}/")
         else:
-            entries += read_qparams_file(m["file"].path(), m["file"].fail)
+            entries += read_qparams_file(m["file"].path(want=FILE), m["file"].fail)
     return Dequantize(default, tuple(entries)), deferred
 
 
@@ -143,14 +161,30 @@ def _command(node, timeout) -> Command:
         raise node.fail("the command is empty")
     for token in argv:
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(token) if f is not None]
+            pieces = list(string.Formatter().parse(token))
         except ValueError as exc:
-            raise node.fail(f"bad placeholder in {token!r}: {exc}") from None
-        for f in fields:
+            raise node.fail(f"bad placeholder in {shown(token)}: {exc}") from None
+        for _, f, spec, conversion in pieces:
+            if f is None:
+                continue
             if f not in PLACEHOLDERS:
-                raise node.fail(f"unknown placeholder {{{f}}} in {token!r}; available: "
+                raise node.fail(f"unknown placeholder {{{f[:40]}}} in {shown(token)}; available: "
                                 + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS))
+            if spec or conversion:  # substituted literally: '{model:d}' or '{out:>3000000000}' is not a placeholder
+                written = "{" + f + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise node.fail(f"placeholder {written[:60]} in {shown(token)}: placeholders take no format "
+                                f"spec or conversion (write {{{f}}}; {{{{ and }}}} stand for literal braces)")
     return Command(argv, timeout.number(0.001, 1e7) if timeout is not None else 600.0, node.key)
+
+
+def substitute(token: str, fields: dict[str, str]) -> str:
+    """``token`` with each ``{placeholder}`` replaced by its value, literally (``{{``/``}}`` are braces).
+
+    Not ``str.format``: the values are paths and must never be interpreted, and the parser above has already
+    refused format specs and conversions, which ``format`` would honour (a width of 3e9 builds a 3 GB string).
+    """
+    pieces = string.Formatter().parse(token)
+    return "".join(literal + (fields[f] if f is not None else "") for literal, f, _, _ in pieces)
 
 
 def _names(node) -> tuple[tuple[str, str], ...]:
@@ -161,9 +195,15 @@ def _names(node) -> tuple[tuple[str, str], ...]:
         target = node.child(k).string()
         if str(k).startswith("re:"):
             try:
-                re.compile(str(k)[3:])
+                compiled = re.compile(str(k)[3:])
             except re.error as exc:
                 raise node.child(k).fail(f"bad regular expression: {exc}") from None
+            for number, group in re.findall(r"\\(\d+)|\\g<([^>]*)>", target):
+                ref = number or group
+                known = int(ref) <= compiled.groups if ref.isdigit() else ref in compiled.groupindex
+                if not known:
+                    raise node.child(k).fail(f"{shown(target)} refers to group {shown(ref)}, but the expression has "
+                                             f"{compiled.groups} group(s)")
         out.append((str(k), target))
     return tuple(out)
 
@@ -185,7 +225,7 @@ def parse_dumps(node) -> tuple[DumpSpec, ...]:
         specs.append(DumpSpec(
             mode=mode,
             key=mn.key,
-            path=m["path"].path() if "path" in m else None,
+            path=m["path"].path(want=FOLDER) if "path" in m else None,
             format=m["format"].choice(FORMATS) if "format" in m else "npy",
             names=_names(m["names"]) if "names" in m else (),
             layout=m["layout"].choice(LAYOUTS) if "layout" in m else "nchw",

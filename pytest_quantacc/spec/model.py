@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec
+from .node import did_you_mean, shown
 from .preprocess import Preprocess
 
 
@@ -170,6 +171,20 @@ class ModelSpec:
 
     def known_bad_for(self, layer: str) -> KnownBad | None:
         return next((kb for kb in self.known_bad if kb.matches(layer)), None)
+
+    def unmatched_pattern(self, nodes: list[str]) -> QuantaccInputError | None:
+        """The first ``layers`` pattern or ``known_bad`` entry that matches none of the float model's ``nodes``.
+
+        Both are silent when they match nothing: a typo in ``known_bad`` would quietly stop a layer from being
+        xfailed, one in ``layers`` would quietly keep the model's default thresholds. So it is an error."""
+        checks = [("layers", rule.pattern) for rule in self.layers]
+        checks += [(f"known_bad[{i}].layer", kb.layer) for i, kb in enumerate(self.known_bad)]
+        for key, pattern in checks:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in nodes):
+                return self.error(key, f"{shown(pattern)} matches no node of the float model"
+                                       f"{did_you_mean(pattern, nodes)}; node names: {shown(nodes[:8])[1:-1]}"
+                                       + (", ..." if len(nodes) > 8 else ""))
+        return None
 
     def error(self, key: str, problem: str) -> QuantaccInputError:
         """An input error located at ``models[i].<key>`` of this model's spec file."""

@@ -16,7 +16,7 @@ import yaml
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
 from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
-from .node import Node, kind_of
+from .node import FILE, FILE_OR_FOLDER, Node, kind_of, path_problem, read_bounded, shown
 from .preprocess import Preprocess, parse_preprocess
 
 
@@ -40,10 +40,50 @@ def _thresholds(node: Node, base: Thresholds) -> Thresholds:
     )
 
 
+MAX_SPEC_BYTES = 16 << 20  # a spec (or a dequantize file) larger than this is not something a person wrote
+
+
+MAX_NAME_BYTES = 100  # a model name is a folder name and part of a lock file name and of test ids
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a model name (it is a folder under the spec's work folder and part of test ids),
+    or None. Checked before the name reaches the file system, so nothing escapes the per-spec work folder."""
+    if any(c in name for c in "[]/:\\") or name.strip() != name:
+        return ("may not contain '[', ']', '/', '\\', ':' or surrounding spaces (it is part of test ids and a "
+                "folder name)")
+    if name in (".", ".."):
+        return "may not be '.' or '..' (it names the model's folder)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "may not contain control characters such as NUL or a line break (it names the model's folder)"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid text (it names the model's folder)"
+    if size > MAX_NAME_BYTES:
+        return f"is {size} bytes long; at most {MAX_NAME_BYTES} (it names the model's folder)"
+    return None
+
+
+def _data_path(node: Node) -> Path:
+    """A .npz file, or a folder whose .npz entries are all regular files (one sample each)."""
+    path = node.path(want=FILE_OR_FOLDER)
+    if path.is_dir():
+        try:
+            entries = sorted(e for e in path.iterdir() if e.suffix == ".npz")
+        except OSError as exc:
+            raise node.fail(f"cannot list the folder {shown(str(path))}: {exc.strerror or exc}") from None
+        for entry in entries:
+            problem = path_problem(entry, FILE)
+            if problem is not None:
+                raise node.fail(f"{shown(str(entry))} {problem} (every .npz in a data folder is one sample file)")
+    return path
+
+
 def _data(node: Node, extra: tuple[str, ...] = ()) -> DataSpec:
     m = node.mapping(("data", "limit", *extra), required=("data",))
     return DataSpec(
-        path=m["data"].path(),
+        path=_data_path(m["data"]),
         key=m["data"].key,
         limit=m["limit"].integer(1) if "limit" in m else None,
         labels=m["labels"].path() if "labels" in m else None,
@@ -61,8 +101,8 @@ def _accuracy(node: Node, evaluation: DataSpec) -> AccuracyGate:
     text = m["metric"].string()
     module, _, function = text.rpartition(":")
     if not module.endswith(".py") or not function.isidentifier():
-        raise m["metric"].fail(f"{text!r}: expected top1 or a user function as module.py:function")
-    path = Node(node.spec, m["metric"].key, module).path()
+        raise m["metric"].fail(f"{shown(text)}: expected top1 or a user function as module.py:function")
+    path = Node(node.spec, m["metric"].key, module).path(want=FILE)
     return AccuracyGate(max_drop, text, path, function)
 
 
@@ -111,8 +151,9 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
             "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline")
     m = node.mapping(keys, required=("name", "model", "calibration"))
     name = m["name"].string()
-    if any(c in name for c in "[]/:") or name.strip() != name:
-        raise m["name"].fail(f"{name!r} may not contain '[', ']', '/', ':' or surrounding spaces (it is part of test ids)")
+    problem = name_problem(name)
+    if problem is not None:
+        raise m["name"].fail(f"{shown(name)} {problem}")
     calibration = _data(m["calibration"])
     modes = MODES
     dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
@@ -185,20 +226,25 @@ def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[D
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file; raises ``QuantaccInputError`` naming the file and key on any problem."""
     path = Path(path)
+
+    def unreadable(why: str) -> QuantaccInputError:
+        return QuantaccInputError(path, "", f"cannot read the spec: {why}")
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise QuantaccInputError(path, "", f"cannot read the spec: {exc}") from None
+        text = read_bounded(path, MAX_SPEC_BYTES, unreadable).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise unreadable(str(exc)) from None
     try:
         raw = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise QuantaccInputError(path, "", f"not valid YAML: {exc or 'nested too deeply'}") from None
+    except Exception as exc:  # YAMLError, RecursionError, ValueError (an integer beyond str()'s digit limit), ...
+        raise QuantaccInputError(path, "", f"not valid YAML: {str(exc)[:500] or 'nested too deeply'}") from None
     root = Node(path, "", raw)
     if not isinstance(raw, Mapping):
         raise root.fail(f"a spec is a mapping with keys 'quantacc' and 'models', got {kind_of(raw)}")
     top = root.mapping(("quantacc", "defaults", "models"), required=("quantacc", "models"))
     if type(top["quantacc"].value) is not int or top["quantacc"].value != SPEC_VERSION:
-        raise top["quantacc"].fail(f"unsupported spec version {top['quantacc'].value!r}; this plugin reads version 1")
+        raise top["quantacc"].fail(f"unsupported spec version {shown(top['quantacc'].value)}; "
+                                   f"this plugin reads version 1")
     defaults = top["defaults"].value if "defaults" in top else {}
     if defaults is not None and not isinstance(defaults, Mapping):
         raise top["defaults"].fail(f"expected a mapping, got {kind_of(defaults)}")
@@ -211,13 +257,13 @@ def load_spec(path: str | Path) -> Spec:
     for i, entry in enumerate(entries):
         merged_value = _deep_merge(defaults or {}, entry.value) if isinstance(entry.value, Mapping) else entry.value
         name = merged_value.get("name") if isinstance(merged_value, Mapping) else None
-        label = name if isinstance(name, str) and name else f"models[{i}]"
+        label = name if isinstance(name, str) and name and name_problem(name) is None else f"models[{i}]"
         try:
             if not isinstance(entry.value, Mapping):
                 raise entry.fail(f"expected a mapping, got {kind_of(entry.value)}")
             if label in seen:
                 raise Node(path, f"{entry.key}.name", name).fail(
-                    f"duplicate model name {label!r} (also models[{seen[label]}])")
+                    f"duplicate model name {shown(label)} (also models[{seen[label]}])")
             seen[label] = i
             models.append(_model(Node(path, entry.key, merged_value), i, path))
         except QuantaccInputError as exc:

@@ -49,6 +49,10 @@ _CACHED = ("manifest.json", "float.onnx", "fixed.onnx", "offline.onnx", "results
            "float.onnx.data", "fixed.onnx.data", "offline.onnx.data")
 _SEAL = "checksums.json"
 _RESULTS = "results.json"
+_OPEN = "unsealed"  # present from verify() to seal(): left behind, the holder of the lock was killed meanwhile
+# What a run killed under the lock leaves in the folder: temporary folders of the float preparation, the
+# quantizer and dump commands, the quantizer's shape-inferred copy, files.replacing's temporary files.
+_LEFTOVERS = (".opt.*", ".q.*", ".command-*", "float-inferred.onnx", "float-inferred.onnx.data", ".*.tmp")
 
 
 class QuantaccCacheWarning(UserWarning):
@@ -98,10 +102,32 @@ def _invalidate(workdir: Path) -> None:
         (workdir / name).unlink(missing_ok=True)
 
 
+def sweep(workdir: Path) -> None:
+    """Remove what killed runs left in ``workdir`` (call under the lock: nobody else is working in it)."""
+    for pattern in _LEFTOVERS:
+        for p in workdir.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
 def verify(workdir: Path) -> None:
-    """Drop every cached file of ``workdir`` unless all of them match ``checksums.json`` (call under the lock)."""
+    """Drop every cached file of ``workdir`` unless all of them match ``checksums.json`` (call under the lock).
+
+    A folder whose previous holder did not reach ``seal`` (killed, or interrupted by an error) is rebuilt
+    quietly: its files are whole (every write is atomic) but not vouched for; only files that differ from
+    what was sealed are reported, as a ``QuantaccCacheWarning``."""
+    if not workdir.is_dir():
+        return
+    sweep(workdir)
+    interrupted = (workdir / _OPEN).exists()
+    (workdir / _OPEN).touch()
     present = [n for n in _CACHED if (workdir / n).is_file()]
     if not present:
+        return
+    if interrupted:
+        _invalidate(workdir)
         return
     try:
         sealed = json.loads((workdir / _SEAL).read_text())
@@ -138,6 +164,7 @@ def seal(workdir: Path) -> None:
         hash_file(workdir / n, known)
     sums = {n: known[str((workdir / n).resolve())] for n in present}
     write_text(workdir / _SEAL, json.dumps(sums, indent=1, sort_keys=True))
+    (workdir / _OPEN).unlink(missing_ok=True)
 
 
 def cached_float(mspec: ModelSpec, base: Path) -> Path:
@@ -170,11 +197,14 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
     with locked(workdir):
         if use_cache:
             verify(workdir)
-        else:
+        elif workdir.is_dir():
+            sweep(workdir)
             _invalidate(workdir)
         try:
             prepared = prepare(mspec, base)
         except QuantaccInputError as exc:
+            if workdir.is_dir():
+                seal(workdir)
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
         key = results_key(mspec, read_manifest(workdir).get("float", ""), workdir)
         # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
