@@ -1,0 +1,836 @@
+"""Hostile input (issue "Hostile input", classes 1-9): whatever the user's files and options hold, a run ends in
+a located message (spec file, key path, what is wrong), never a hang, a raw traceback, an interrupted session,
+a leaked process or a silent wrong answer.
+
+Every case runs pytest through pytester on a spec that holds the hostile model entry *and* a healthy one
+(``ok``): the healthy model's items must pass, which is how "the session goes on" is checked. Cases that can
+hang, eat memory or need read-only folders run pytest in a child process of their own (a new session, killed
+as a group on timeout; optionally under an address-space limit, or without the capabilities that let root
+write into read-only folders); the rest run in-process, which is faster.
+
+The models are tiny numpy-built ONNX graphs (built once per module); no model is exported from a framework.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+# pytester's in-process runs drop every module first imported during the run; import the heavy ones here
+import hypothesis  # noqa: F401  (its pytest plugin loads in the inner runs)
+import onnxruntime  # noqa: F401
+import pytest_quantacc.collect  # noqa: F401
+import pytest_quantacc.engine  # noqa: F401
+import zoo
+
+SPEC = "spec.yaml"
+N_CALIB, N_EVAL = 16, 8
+HANG_TIMEOUT = 20.0  # seconds a child run may take before it counts as hung (and is killed as a group)
+ANSWER_WITHIN = 15.0  # seconds a hang-prone case must answer in (ONNX Runtime's import and two tiny conversions
+#                      included)
+MEMORY_LIMIT = 3 << 30  # address-space limit of child runs that could otherwise grow without bound
+WIDE_SAMPLE = (64, 64, 64)  # 1 MiB of float32 per sample: the 1 GiB member holds 1024 of them
+
+
+# --------------------------------------------------------------------------------------------------------
+# models, built with onnx.helper and numpy
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    """A model file with its calibration and evaluation data (and, for mlp, the first layer's weights)."""
+
+    model: Path
+    calib: Path
+    eval: Path
+    extra: dict = field(default_factory=dict)
+
+
+def _save_model(nodes, inputs, outputs, inits, path: Path) -> Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_mlp(dest: Path) -> Built:
+    """input [batch, 8] -> fc1 (MatMul) -> relu1 -> fc2 (MatMul) -> out [batch, 4]: the healthy model."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((8, 8)) / np.sqrt(8)).astype(np.float32)
+    w2 = (rng.standard_normal((8, 4)) / np.sqrt(8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["fc1_out"], name="fc1"),
+             helper.make_node("Relu", ["fc1_out"], ["relu1_out"], name="relu1"),
+             helper.make_node("MatMul", ["relu1_out", "w2"], ["out"], name="fc2")]
+    model = _save_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+                        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")], dest / "mlp.onnx")
+    x = rng.standard_normal((N_CALIB + N_EVAL, 8)).astype(np.float32)
+    np.savez(dest / "mlp_calib.npz", input=x[:N_CALIB])
+    np.savez(dest / "mlp_eval.npz", input=x[N_CALIB:])
+    np.save(dest / "w1.npy", w1)
+    return Built(model, dest / "mlp_calib.npz", dest / "mlp_eval.npz", {"w1": dest / "w1.npy", "eval_x": x[N_CALIB:]})
+
+
+def build_gather(dest: Path) -> Built:
+    """ids int64 [batch, 4] -> embed (Gather from a 10-row table) -> fc (MatMul): the evaluation data holds an
+    index beyond the table, which ONNX Runtime rejects only when it runs."""
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((10, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0),
+             helper.make_node("MatMul", ["emb", "w"], ["out"], name="fc")]
+    model = _save_model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 4])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4, 4])],
+                        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+                        dest / "gather.onnx")
+    ids = rng.integers(0, 10, (N_CALIB + N_EVAL, 4)).astype(np.int64)
+    np.savez(dest / "gather_calib.npz", ids=ids[:N_CALIB])
+    bad = ids[N_CALIB:].copy()
+    bad[3, 2] = 50
+    np.savez(dest / "gather_eval.npz", ids=bad)
+    return Built(model, dest / "gather_calib.npz", dest / "gather_eval.npz")
+
+
+def build_log(dest: Path) -> Built:
+    """input [batch, 8] -> fc1 (MatMul) -> log (Log) -> fc2: finite data, NaN inside (log of negative values)."""
+    rng = np.random.default_rng(2)
+    w1 = rng.standard_normal((8, 8)).astype(np.float32)
+    w2 = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["fc1_out"], name="fc1"),
+             helper.make_node("Log", ["fc1_out"], ["log_out"], name="log"),
+             helper.make_node("MatMul", ["log_out", "w2"], ["out"], name="fc2")]
+    model = _save_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
+                        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")], dest / "log.onnx")
+    x = rng.standard_normal((N_CALIB + N_EVAL, 8)).astype(np.float32)
+    np.savez(dest / "log_calib.npz", input=x[:N_CALIB])
+    np.savez(dest / "log_eval.npz", input=x[N_CALIB:])
+    return Built(model, dest / "log_calib.npz", dest / "log_eval.npz")
+
+
+def build_scalar(dest: Path) -> Built:
+    """input [batch, 8] and a rank-0 input gain [] -> fc1 -> scaled (Mul by gain) -> fc2."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((8, 8)) / np.sqrt(8)).astype(np.float32)
+    w2 = (rng.standard_normal((8, 4)) / np.sqrt(8)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["fc1_out"], name="fc1"),
+             helper.make_node("Mul", ["fc1_out", "gain"], ["scaled"], name="scale"),
+             helper.make_node("MatMul", ["scaled", "w2"], ["out"], name="fc2")]
+    model = _save_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8]),
+                                helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+                        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")], dest / "scalar.onnx")
+    x = rng.standard_normal((N_CALIB, 1, 8)).astype(np.float32)
+    gain = rng.uniform(0.5, 2.0, N_CALIB).astype(np.float32)
+    np.savez(dest / "scalar_plain.npz", input=x, gain=gain)
+    np.savez_compressed(dest / "scalar_compressed.npz", input=x, gain=gain)
+    return Built(model, dest / "scalar_plain.npz", dest / "scalar_compressed.npz")
+
+
+def build_wide(dest: Path) -> Built:
+    """input [batch, 64, 64, 64] -> conv (1x1, 4 channels) -> relu: 1 MiB per sample, for the memory case."""
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((4, 64, 1, 1)) / 8).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["input", "w"], ["conv_out"], name="conv"),
+             helper.make_node("Relu", ["conv_out"], ["out"], name="relu")]
+    model = _save_model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *WIDE_SAMPLE])],
+                        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4, 64, 64])],
+                        [numpy_helper.from_array(w, "w")], dest / "wide.onnx")
+    return Built(model, model, model)
+
+
+def write_inflating_npz(path: Path, samples: int) -> None:
+    """A compressed .npz whose one member 'input' holds ``samples`` x 1 MiB of float32, streamed (never held):
+    a short periodic pattern, so deflate shrinks 1 GiB to about a megabyte."""
+    header = {"descr": "<f4", "fortran_order": False, "shape": (samples, *WIDE_SAMPLE)}
+    pattern = np.tile(np.linspace(-1, 1, 64, dtype=np.float32), 64 * 64).tobytes()  # one sample
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("input.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for _ in range(samples):
+                f.write(pattern)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Built]:
+    dest = tmp_path_factory.mktemp("hostile-models")
+    return {"mlp": build_mlp(dest), "gather": build_gather(dest), "log": build_log(dest),
+            "scalar": build_scalar(dest), "wide": build_wide(dest)}
+
+
+# --------------------------------------------------------------------------------------------------------
+# the user's project and the ways of running pytest on it
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    ret: int | None  # None: killed after HANG_TIMEOUT
+    out: str
+    seconds: float
+    maxrss_kib: int | None = None
+
+
+def _drop_dac_capabilities() -> None:
+    """preexec_fn: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec, so a child
+    running as root sees read-only folders as read-only (the tests may run as root in CI containers)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+class Project:
+    """The user's folder (pytester's directory): models/, data/, a spec with the hostile entry and ``ok``."""
+
+    def __init__(self, pytester: pytest.Pytester, work: Path, built: dict[str, Built]) -> None:
+        self.pytester = pytester
+        self.path = pytester.path
+        self.work = work
+        self.built = built
+
+    @property
+    def spec(self) -> Path:
+        return self.path / SPEC
+
+    def entry(self, name: str = "bad", **extra) -> dict:
+        e = {"name": name, "model": "models/mlp.onnx", "calibration": {"data": "data/calib.npz"},
+             "evaluation": {"data": "data/eval.npz"}, "quantization": {"reduce_range": True},
+             "modes": ["float", "fixed"], "thresholds": {"cos": 0.98, "rmse": 0.3}}  # 8-wide layers, 7-bit weights
+        e.update(extra)
+        return e
+
+    def write_spec(self, *entries: dict | str) -> None:
+        """Entries are dicts, or YAML text of one list item (for what safe_dump cannot write: big integers,
+        anchors); the healthy ``ok`` entry always comes last."""
+        text = "quantacc: 1\nmodels:\n"
+        for e in (*entries, self.entry("ok")):
+            if isinstance(e, str):
+                text += e
+            else:
+                item = yaml.safe_dump([e], sort_keys=False, width=1 << 20)
+                text += "".join(f"  {line}\n" for line in item.splitlines())
+        self.spec.write_text(text)
+
+    def args(self, *extra: str, workdir: bool = True, cache: bool = False) -> list[str]:
+        return ["--quantacc", SPEC, "-v", "-p", "no:randomly", *(["--quantacc-workdir", str(self.work)] * workdir),
+                *([] if cache else ["-p", "no:cacheprovider"]), *extra]
+
+    def run(self, *extra: str) -> Outcome:
+        """In-process run (fast; for cases that cannot hang or grow)."""
+        t0 = time.perf_counter()
+        r = self.pytester.runpytest(*self.args(*extra))
+        return Outcome(int(r.ret), r.stdout.str() + "\n" + r.stderr.str(), time.perf_counter() - t0)
+
+    def run_child(self, *args: str, memory_limit: bool = False, read_only_aware: bool = False,
+                  measure: bool = False, timeout: float = HANG_TIMEOUT) -> Outcome:
+        """pytest in a child process of a new session; killed as a group after ``timeout``."""
+        cmd = [sys.executable, "-m", "pytest", *args]
+        if measure:  # a fresh parent whose only child is the run: RUSAGE_CHILDREN is the run's own peak
+            cmd = [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.call(sys.argv[1:]); "
+                   "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r)", *cmd]
+
+        def pre() -> None:
+            if memory_limit:
+                _limit_memory()
+            if read_only_aware:
+                _drop_dac_capabilities()
+
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=self.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pre,
+                                env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            ret = proc.returncode
+        except subprocess.TimeoutExpired:
+            # SIGABRT first: faulthandler prints where the run hangs, which is what the failure should show
+            os.kill(proc.pid, signal.SIGABRT)
+            try:
+                out, _ = proc.communicate(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+            ret = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # anything the run left behind in its session
+            except ProcessLookupError:
+                pass
+        text = out.decode(errors="replace")
+        rss = re.search(r"^MAXRSS_KIB (\d+)", text, re.M)
+        return Outcome(ret, text, time.perf_counter() - t0, int(rss.group(1)) if rss else None)
+
+    def make_read_only(self, folder: Path) -> None:
+        for p in [folder, *folder.rglob("*")]:
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o555)
+
+    def restore_writable(self) -> None:
+        for p in [self.path, *self.path.rglob("*")]:
+            if p.is_dir() and not p.is_symlink():
+                p.chmod(0o755)
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester, tmp_path: Path, built: dict[str, Built]):
+    for sub in ("models", "data"):
+        (pytester.path / sub).mkdir()
+    mlp = built["mlp"]
+    shutil.copy(mlp.model, pytester.path / "models/mlp.onnx")
+    shutil.copy(mlp.calib, pytester.path / "data/calib.npz")
+    shutil.copy(mlp.eval, pytester.path / "data/eval.npz")
+    p = Project(pytester, tmp_path / "work", built)
+    yield p
+    p.restore_writable()
+
+
+# --------------------------------------------------------------------------------------------------------
+# what a handled case looks like
+# --------------------------------------------------------------------------------------------------------
+
+
+def assert_answered(o: Outcome, within: float | None = None) -> None:
+    assert o.ret is not None, f"hung: killed after {o.seconds:.1f} s (exit code None)\n{o.out[-6000:]}"
+    if within is not None:
+        assert o.seconds < within, f"took {o.seconds:.1f} s (must answer within {within} s; exit code {o.ret})"
+
+
+def assert_clean(o: Outcome) -> None:
+    """No raw traceback, no internal error, no interrupted session, output of a sane size."""
+    first = max(0, min((i for i in (o.out.find("Traceback"), o.out.find("INTERNALERROR"), o.out.find("\nE   "))
+                        if i >= 0), default=0))
+    said = f"(exit code {o.ret}, {o.seconds:.1f} s)\n{o.out[first:first + 3000]}\n...\n{o.out[-3000:]}"
+    assert "INTERNALERROR" not in o.out, said
+    assert "Traceback" not in o.out, said
+    assert "Interrupted" not in o.out, said
+    assert not re.search(r"pytest_quantacc[/\\]\w+\.py:\d+", o.out), said
+    assert len(o.out) < 200_000, f"{len(o.out)} characters of output (exit code {o.ret}, {o.seconds:.1f} s)"
+
+
+def assert_ok_passed(o: Outcome) -> None:
+    """The healthy model ran: its convert item and at least one layer passed, nothing of it failed."""
+    ok = re.findall(rf"^{re.escape(SPEC)}::ok::(\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL)", o.out, re.M)
+    assert ("convert", "PASSED") in ok, o.out[-5000:]
+    assert sum(s == "PASSED" for _, s in ok) >= 2, ok
+    assert not [i for i, s in ok if s in ("FAILED", "ERROR")], ok
+
+
+def assert_located(project: Project, o: Outcome, key: str, *phrases: str) -> str:
+    """One line names the spec file and the key path; the phrases follow on that line (or the next ones)."""
+    located = f"{project.spec}: {key}"
+    assert located in o.out, f"{located!r} not in output:\n{o.out[-5000:]}"
+    at = o.out.index(located)
+    message = o.out[at:at + 3000]
+    for words in phrases:
+        assert words in message, f"{words!r} not in {message[:1500]!r}"
+    return message
+
+
+def assert_handled(project: Project, o: Outcome, key: str, *phrases: str, within: float | None = None) -> None:
+    assert_answered(o, within)
+    assert_clean(o)
+    assert o.ret == pytest.ExitCode.TESTS_FAILED, f"exit code {o.ret}\n{o.out[-5000:]}"
+    assert_located(project, o, key, *phrases)
+    assert_ok_passed(o)
+
+
+# --------------------------------------------------------------------------------------------------------
+# setups: each writes what the case needs into the project and returns the hostile model entry
+# --------------------------------------------------------------------------------------------------------
+
+
+def _fifo(project: Project, rel: str) -> str:
+    os.mkfifo(project.path / rel)
+    return rel
+
+
+def _symlink(project: Project, rel: str, target: str) -> str:
+    (project.path / rel).symlink_to(target)
+    return rel
+
+
+def _big_int() -> str:
+    return "1" + "0" * 400  # an integer YAML reads exactly, far beyond float range (1e400)
+
+
+def _bomb(levels: int, width: int = 9) -> str:
+    """A "billion laughs" flow sequence: width ** levels leaves from a few hundred characters of YAML."""
+    text = "&l0 [" + ", ".join(["lol"] * width) + "]"
+    for k in range(1, levels):
+        text = f"&l{k} [{text}" + f", *l{k - 1}" * (width - 1) + "]"
+    return text
+
+
+def _dump_files(project: Project, folder: str, nan: bool = False) -> str:
+    """Float dumps of relu1_out per evaluation sample (npz format), computed with numpy from the model's
+    weights; one value NaN when asked."""
+    mlp = project.built["mlp"]
+    w1 = np.load(mlp.extra["w1"])
+    out = project.path / folder
+    out.mkdir(parents=True)
+    for i, x in enumerate(mlp.extra["eval_x"]):
+        y = np.maximum(x[None] @ w1, 0).astype(np.float32)
+        if nan and i == 2:
+            y[0, 3] = np.nan
+        np.savez(out / f"sample_{i:04d}.npz", relu1_out=y)
+    return folder
+
+
+SIMULATOR = '''
+"""A vendor simulator stand-in: writes relu1_out dumps for each sample in {inputs}; misbehaves on request."""
+import pathlib, subprocess, sys, time
+import numpy as np
+
+mode, inputs, out, pidfile = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), sys.argv[4]
+w1 = np.load(pathlib.Path(__file__).parent / "w1.npy")
+sleeper = [sys.executable, "-c", "import time; time.sleep(40)"]
+if mode == "grandchild":  # a child that outlives the timeout unless its whole process group is killed
+    child = subprocess.Popen(sleeper, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pathlib.Path(pidfile).write_text(str(child.pid))
+    time.sleep(40)
+for i, f in enumerate(sorted(inputs.glob("*.npz"))):
+    x = np.load(f)["input"]
+    np.savez(out / f"sample_{i:04d}.npz", relu1_out=np.maximum(x @ w1, 0).astype(np.float32))
+if mode == "stdout-open":  # finished; a helper it started keeps the inherited stdout and stderr open
+    child = subprocess.Popen(sleeper)
+    pathlib.Path(pidfile).write_text(str(child.pid))
+print("dumped", flush=True)
+'''
+
+
+def _command_entry(project: Project, command, timeout: float = 60) -> dict:
+    (project.path / "sim.py").write_text(SIMULATOR)
+    shutil.copy(project.built["mlp"].extra["w1"], project.path / "w1.npy")
+    return project.entry(evaluation={"data": "data/eval.npz"},
+                         dumps={"fixed": {"command": command, "format": "npz", "timeout": timeout}})
+
+
+def _metric(project: Project, body: str, labels: np.ndarray | None = None, name: str = "metric.py") -> dict:
+    (project.path / name).write_text(f"import numpy as np\n\ndef score(outputs, labels):\n{body}\n")
+    np.save(project.path / "data/labels.npy", np.zeros(N_EVAL, np.int64) if labels is None else labels)
+    return project.entry(evaluation={"data": "data/eval.npz", "labels": "data/labels.npy"},
+                         accuracy={"max_drop": 0.5, "metric": f"{name}:score"}, modes=["float", "fixed", "offline"])
+
+
+def _unsupported_zip_version(project: Project) -> dict:
+    """The calibration .npz with its central directory's "version needed to extract" set to 9.9."""
+    data = bytearray((project.path / "data/calib.npz").read_bytes())
+    at = data.index(b"PK\x01\x02")
+    data[at + 6:at + 8] = (99).to_bytes(2, "little")
+    (project.path / "data/v99.npz").write_bytes(bytes(data))
+    return project.entry(calibration={"data": "data/v99.npz"})
+
+
+def _npz_folder_with_subfolder(project: Project) -> dict:
+    folder = project.path / "data/samples"
+    folder.mkdir()
+    x = np.load(project.path / "data/calib.npz")["input"]
+    for i in range(4):
+        np.savez(folder / f"s{i}.npz", input=x[i:i + 1])
+    (folder / "x.npz").mkdir()
+    return project.entry(calibration={"data": "data/samples"})
+
+
+def _copy_built(project: Project, which: str) -> Built:
+    b = project.built[which]
+    for src, rel in ((b.model, f"models/{which}.onnx"), (b.calib, f"data/{which}_calib.npz"),
+                     (b.eval, f"data/{which}_eval.npz")):
+        if not (project.path / rel).exists():
+            shutil.copy(src, project.path / rel)
+    return b
+
+
+def _gather(project: Project) -> dict:
+    _copy_built(project, "gather")
+    return project.entry(model="models/gather.onnx", calibration={"data": "data/gather_calib.npz"},
+                         evaluation={"data": "data/gather_eval.npz"})
+
+
+def _log_nan(project: Project) -> dict:
+    _copy_built(project, "log")
+    return project.entry(model="models/log.onnx", calibration={"data": "data/log_calib.npz"},
+                         evaluation={"data": "data/log_eval.npz"})
+
+
+@dataclass(frozen=True)
+class Case:
+    """One catalogue row: class of the issue, setup (returns the hostile entry), key path, phrases."""
+
+    cls: int
+    setup: Callable[[Project], dict | str]
+    key: str
+    phrases: tuple[str, ...] = ()
+    child: bool = False  # run in a child process (may hang or grow)
+    memory_limit: bool = False
+    options: tuple[str, ...] = ()
+
+
+def case(cls: int, cid: str, setup, key: str, *phrases: str, child: bool = False, memory_limit: bool = False,
+         options: tuple[str, ...] = ()):
+    return pytest.param(Case(cls, setup, key, phrases, child, memory_limit, options), id=f"c{cls}-{cid}")
+
+
+CATALOGUE = [
+    # 1. files are read before their type is checked
+    case(1, "model-is-a-directory", lambda p: p.entry(model="models"), "models[0].model", "directory"),
+    case(1, "model-is-dev-zero", lambda p: p.entry(model="/dev/zero"), "models[0].model", "/dev/zero", child=True),
+    case(1, "model-is-a-fifo", lambda p: p.entry(model=_fifo(p, "models/pipe.onnx")), "models[0].model",
+         "pipe.onnx", child=True),
+    case(1, "model-symlink-to-fifo", lambda p: p.entry(model=_fifo(p, "models/p2") and _symlink(p, "models/link.onnx", "p2")),
+         "models[0].model", "link.onnx", child=True),
+    case(1, "model-symlink-to-dev-zero", lambda p: p.entry(model=_symlink(p, "models/zero.onnx", "/dev/zero")),
+         "models[0].model", "zero.onnx", child=True),
+    case(1, "calibration-is-dev-zero-npz", lambda p: p.entry(
+        calibration={"data": _symlink(p, "data/zero.npz", "/dev/zero")}), "models[0].calibration.data", "zero.npz",
+         child=True, memory_limit=True),
+    case(1, "evaluation-is-a-fifo", lambda p: p.entry(evaluation={"data": _fifo(p, "data/pipe.npz")}),
+         "models[0].evaluation.data", "pipe.npz", child=True),
+    case(1, "data-folder-with-subfolder-x.npz", _npz_folder_with_subfolder, "models[0].calibration.data", "x.npz"),
+    case(1, "calibration-npz-is-a-directory", lambda p: (p.path / "data/dir.npz").mkdir() or p.entry(
+        calibration={"data": "data/dir.npz"}), "models[0].calibration.data", "dir.npz"),
+    case(1, "dequantize-file-is-dev-zero", lambda p: p.entry(dumps={"fixed": {
+        "path": _dump_files(p, "dumps"), "format": "npz", "dequantize": {"file": "/dev/zero"}}}),
+         "models[0].dumps.fixed.dequantize.file", "/dev/zero", child=True, memory_limit=True),
+    case(1, "labels-are-a-directory", lambda p: p.entry(evaluation={"data": "data/eval.npz", "labels": "data"},
+                                                       accuracy={"max_drop": 0.5}, modes=["float", "fixed", "offline"]),
+         "models[0].evaluation.labels", "directory"),
+    case(1, "metric-module-is-a-directory", lambda p: (p.path / "mdir.py").mkdir() or _metric(
+        p, "    return 1.0", name="other.py") | {"accuracy": {"max_drop": 0.5, "metric": "mdir.py:score"}},
+         "models[0].accuracy.metric", "mdir.py"),
+    # 2. error messages embed repr() of the offending value
+    case(2, "alias-bomb-6-levels-as-method", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    quantization: {method: " + _bomb(6) + "}\n",
+         "models[0].quantization.method", "not one of"),
+    case(2, "alias-bomb-6-levels-as-mode", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    modes: [float, " + _bomb(6) + "]\n",
+         "models[0].modes[1]", "not one of"),
+    case(2, "alias-bomb-9-levels-as-activations", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    quantization: {activations: " + _bomb(9) + "}\n",
+         "models[0].quantization.activations", child=True, memory_limit=True),
+    # 3. exceptions other than the input error during loading or collection interrupt the session
+    case(3, "model-symlink-loop", lambda p: p.entry(model=_symlink(p, "models/loop.onnx", "loop.onnx")),
+         "models[0].model", "loop.onnx"),
+    case(3, "calibration-symlink-loop", lambda p: p.entry(calibration={"data": _symlink(p, "data/a.npz", "b.npz")})
+         if _symlink(p, "data/b.npz", "a.npz") else None, "models[0].calibration.data", "a.npz"),
+    case(3, "rmse-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         f"    calibration: {{data: data/calib.npz}}\n    thresholds: {{rmse: {_big_int()}}}\n",
+         "models[0].thresholds.rmse"),
+    case(3, "baseline-tolerance-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         f"    calibration: {{data: data/calib.npz}}\n    baseline: {{tolerance: {{rmse: {_big_int()}}}}}\n",
+         "models[0].baseline.tolerance.rmse"),
+    case(3, "max-drop-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    evaluation: {data: data/eval.npz, labels: data/eval.npz}\n"
+         f"    accuracy: {{max_drop: {_big_int()}}}\n", "models[0].accuracy.max_drop"),
+    case(3, "dequantize-scale-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         f"    calibration: {{data: data/calib.npz}}\n    dumps: {{fixed: {{path: {_dump_files(p, 'dumps')}, "
+         f"format: npz, dequantize: {{scale: {_big_int()}}}}}}}\n", "models[0].dumps.fixed.dequantize.scale"),
+    case(3, "preprocess-mean-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         f"    calibration: {{data: data/calib.npz}}\n    preprocess: {{input: uint8, mean: {_big_int()}}}\n",
+         "models[0].preprocess"),
+    case(3, "name-with-nul", lambda p: p.entry(name="bad\0name"), "models[0].name"),
+    case(3, "name-300-characters", lambda p: p.entry(name="b" * 300), "models[0].name"),
+    # 4. unexpected errors during evaluation
+    case(4, "ort-gather-index-out-of-range", _gather, "models[0].evaluation.data", "Gather"),
+    case(4, "metric-raises-systemexit", lambda p: _metric(p, "    raise SystemExit(3)"), "models[0].accuracy.metric",
+         "SystemExit"),
+    case(4, "metric-raises-keyerror", lambda p: _metric(p, "    raise KeyError('logits')"),
+         "models[0].accuracy.metric", "KeyError"),
+    case(4, "metric-returns-a-string", lambda p: _metric(p, "    return 'high'"), "models[0].accuracy.metric"),
+    case(4, "names-template-missing-group", lambda p: p.entry(dumps={"fixed": {
+        "path": _dump_files(p, "dumps"), "format": "npz", "names": {"re:(.+)": "\\5"}}}), "models[0].dumps.fixed.names",
+         "\\5"),
+    case(4, "zip-unsupported-version", _unsupported_zip_version, "models[0].calibration.data", "v99.npz"),
+    # 5. the command backend
+    case(5, "placeholder-format-spec-d", lambda p: _command_entry(p, ["{python}", "sim.py", "{model:d}"]),
+         "models[0].dumps.fixed.command", "{model:d}"),
+    case(5, "placeholder-huge-width", lambda p: _command_entry(p, ["{python}", "sim.py", "{out:>3000000000}"]),
+         "models[0].dumps.fixed.command", "{out:>3000000000}", child=True, memory_limit=True),
+    case(5, "placeholder-attribute-access", lambda p: _command_entry(p, ["{python}", "{model.__class__}"]),
+         "models[0].dumps.fixed.command", "{model.__class__}"),
+    case(5, "timeout-big-integer", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    dumps: {fixed: {command: [\"{python}\", sim.py], "
+         f"timeout: {_big_int()}}}}}\n", "models[0].dumps.fixed.timeout"),
+    # 6. wrong or silent answers
+    case(6, "nan-in-a-float-dump", lambda p: p.entry(dumps={"fixed": {"path": _dump_files(p, "dumps", nan=True),
+                                                                     "format": "npz"}}),
+         "models[0].dumps.fixed", "NaN", "sample_0002"),
+    case(6, "string-labels", lambda p: _metric(p, "    return 1.0", labels=np.array(["cat"] * N_EVAL)) | {
+        "accuracy": {"max_drop": 0.5}}, "models[0].evaluation.labels", "labels.npy"),
+    case(6, "layers-glob-matches-no-layer", lambda p: p.entry(layers={"relu_1": {"cos": 0.9}}),
+         "models[0].layers", "relu_1", "did you mean 'relu1'"),
+    case(6, "known-bad-matches-no-layer", lambda p: p.entry(known_bad=[{"layer": "fc_2", "reason": "outlier"}]),
+         "models[0].known_bad[0].layer", "fc_2", "did you mean 'fc2'"),
+    case(6, "nan-inside-the-model", _log_nan, "models[0]", "log_out", "NaN"),
+]
+
+
+@pytest.mark.parametrize("c", CATALOGUE)
+def test_catalogue(project: Project, c: Case) -> None:
+    project.write_spec(c.setup(project))
+    if c.child:
+        o = project.run_child(*project.args(*c.options), memory_limit=c.memory_limit)
+        assert_handled(project, o, c.key, *c.phrases, within=ANSWER_WITHIN)
+    else:
+        o = project.run(*c.options)
+        assert_handled(project, o, c.key, *c.phrases)
+
+
+# --------------------------------------------------------------------------------------------------------
+# cases of their own shape
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_dot_model_names_stay_in_the_spec_folder(project: Project, name: str) -> None:
+    """Class 3: '..' as a model name put artifacts into the work folder's root (shared across specs). Either the
+    name is refused at models[0].name, or its artifacts live under the spec's own work folder."""
+    project.write_spec(project.entry(name))
+    o = project.run()
+    assert_answered(o)
+    assert_clean(o)
+    assert_ok_passed(o)
+    # every model's artifacts sit at <work>/<spec folder>/<model folder>/: nothing in the root or a spec folder
+    misplaced = [str(p.relative_to(project.work)) for p in project.work.rglob("*.onnx")
+                 if len(p.relative_to(project.work).parts) != 3 or p.parent.name in ("..", ".")]
+    assert not misplaced, misplaced
+    if o.ret != pytest.ExitCode.OK:
+        assert_located(project, o, "models[0].name")
+
+
+def test_name_with_slash_is_refused(project: Project) -> None:
+    """Class 3 (guard): a name with '/' is refused already; it must stay so."""
+    project.write_spec(project.entry("../escape"))
+    assert_handled(project, project.run(), "models[0].name", "may not contain")
+
+
+def test_ort_failure_is_reported_once(project: Project) -> None:
+    """Class 4: a run-time failure of ONNX Runtime is computed once and reported once (not per item)."""
+    project.write_spec(_gather(project))
+    o = project.run()
+    assert_handled(project, o, "models[0]")
+    assert o.out.count(f"{project.spec}: models[0]") == 1, o.out.count(f"{project.spec}: models[0]")
+    assert len(re.findall(rf"^{re.escape(SPEC)}::bad::\S+ FAILED", o.out, re.M)) == 1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+def _kill(pid_file: Path) -> None:
+    if pid_file.is_file():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def test_command_timeout_kills_the_simulators_children(project: Project, tmp_path: Path) -> None:
+    """Class 5: on timeout the whole process group goes, not only the direct child."""
+    pid_file = tmp_path / "grandchild.pid"
+    project.write_spec(_command_entry(project, ["{python}", "sim.py", "grandchild", "{inputs}", "{out}",
+                                                str(pid_file)], timeout=2))
+    try:
+        o = project.run()
+        assert_handled(project, o, "models[0].dumps.fixed.command", "timed out")
+        assert pid_file.is_file(), "the simulator did not start its child"
+        time.sleep(0.3)
+        assert not _pid_alive(int(pid_file.read_text())), "the simulator's child outlived the timeout"
+    finally:
+        _kill(pid_file)
+
+
+def test_command_child_holding_stdout_does_not_turn_success_into_timeout(project: Project, tmp_path: Path) -> None:
+    """Class 5: the command exited 0 after writing its dumps; a helper it left running holds the pipes."""
+    pid_file = tmp_path / "helper.pid"
+    project.write_spec(_command_entry(project, ["{python}", "sim.py", "stdout-open", "{inputs}", "{out}",
+                                                str(pid_file)], timeout=12))
+    try:
+        o = project.run_child(*project.args())
+        assert_answered(o, within=ANSWER_WITHIN)
+        assert_clean(o)
+        assert "timed out" not in o.out, o.out[-3000:]
+        assert re.search(rf"^{re.escape(SPEC)}::bad::convert PASSED", o.out, re.M), o.out[-3000:]
+        assert_ok_passed(o)
+    finally:
+        _kill(pid_file)
+
+
+def test_command_is_never_given_to_a_shell(project: Project) -> None:
+    """Class 5 (guard): shell syntax in the command string, the arguments and the model's file name stays inert."""
+    weird = project.path / "models" / "$(touch PWNED_MODEL) `touch PWNED_TICK`.onnx"
+    shutil.copy(project.path / "models/mlp.onnx", weird)
+    entry = _command_entry(project, "{python} sim.py plain {inputs} {out} x ; touch PWNED_SEMI && "
+                                    "$(touch PWNED_SUBST) | touch PWNED_PIPE {model}")
+    entry["model"] = str(weird.relative_to(project.path))
+    project.write_spec(entry)
+    o = project.run()
+    assert_answered(o)
+    assert_clean(o)
+    assert not list(project.path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*")), \
+        list(project.path.rglob("PWNED*"))
+    assert_ok_passed(o)
+
+
+def test_rank0_input_in_compressed_npz_works_like_uncompressed(project: Project) -> None:
+    """Class 6: a scalar input read from a compressed .npz gives the same outcome as from an uncompressed one."""
+    b = _copy_built(project, "scalar")
+    shutil.copy(b.calib, project.path / "data/scalar_plain.npz")
+    shutil.copy(b.eval, project.path / "data/scalar_compressed.npz")
+    plain = project.entry("plain", model="models/scalar.onnx", calibration={"data": "data/scalar_plain.npz"},
+                          evaluation={"data": "data/scalar_plain.npz"})
+    packed = project.entry("packed", model="models/scalar.onnx", calibration={"data": "data/scalar_compressed.npz"},
+                           evaluation={"data": "data/scalar_compressed.npz"})
+    project.write_spec(plain, packed)
+    o = project.run()
+    assert_answered(o)
+    assert_clean(o)
+    assert_ok_passed(o)
+    outcomes = {m: re.findall(rf"^{re.escape(SPEC)}::{m}::(\S+) (PASSED|FAILED|SKIPPED|ERROR)", o.out, re.M)
+                for m in ("plain", "packed")}
+    assert ("convert", "PASSED") in outcomes["plain"], o.out[-4000:]
+    assert outcomes["packed"] == outcomes["plain"], outcomes
+
+
+def test_threads_minus_one_is_a_usage_error(project: Project) -> None:
+    """Class 6: --quantacc-threads -1 is refused, naming the option."""
+    project.write_spec()
+    o = project.run("--quantacc-threads", "-1")
+    assert o.ret == pytest.ExitCode.USAGE_ERROR, f"exit code {o.ret}\n{o.out[-3000:]}"
+    assert "--quantacc-threads" in o.out
+    assert_clean(o)
+
+
+def test_read_only_root_without_spec(project: Project) -> None:
+    """Class 7: --quantacc with the default cache in a read-only root: pytest's own cache warning, no error."""
+    (project.path / "test_plain.py").write_text("def test_plain():\n    assert True\n")
+    project.make_read_only(project.path)
+    o = project.run_child("--quantacc", "test_plain.py", "-p", "no:randomly", read_only_aware=True)
+    assert_answered(o)
+    assert "INTERNALERROR" not in o.out and "Traceback" not in o.out, o.out[-4000:]
+    assert o.ret == pytest.ExitCode.OK, f"exit code {o.ret}\n{o.out[-4000:]}"
+    assert "1 passed" in o.out
+
+
+def test_read_only_root_with_spec(project: Project) -> None:
+    """Class 7: the default cache cannot be written: the models still run (elsewhere), nothing is an error."""
+    project.write_spec()
+    project.make_read_only(project.path)
+    o = project.run_child(*project.args(workdir=False, cache=True), read_only_aware=True)
+    assert_answered(o)
+    assert_clean(o)
+    assert o.ret == pytest.ExitCode.OK, f"exit code {o.ret}\n{o.out[-4000:]}"
+    assert_ok_passed(o)
+
+
+@pytest.mark.parametrize("option", ["--quantacc-baseline-update", "--quantacc-report", "--quantacc-html",
+                                    "--quantacc-workdir"])
+def test_outputs_into_read_only_folders(project: Project, option: str) -> None:
+    """Class 7: an output that cannot be written is one clear message naming the option and the path; the
+    models' own items still ran and passed."""
+    project.write_spec()
+    ro = project.path / "ro"
+    ro.mkdir()
+    extra = {"--quantacc-baseline-update": [option], "--quantacc-report": [option, "ro/report.json"],
+             "--quantacc-html": [option, "ro/report.html"], "--quantacc-workdir": []}[option]
+    args = project.args(*extra, workdir=option != "--quantacc-workdir")
+    if option == "--quantacc-workdir":
+        args += [option, "ro/work"]
+    project.make_read_only(project.path if option == "--quantacc-baseline-update" else ro)
+    o = project.run_child(*args, read_only_aware=True)
+    assert_answered(o)
+    assert_clean(o)
+    assert option in o.out or "baseline" in o.out, o.out[-3000:]
+    if option == "--quantacc-workdir":  # nothing can run: a usage error or a failed item, never an internal error
+        assert o.ret in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.USAGE_ERROR), f"exit code {o.ret}"
+    else:
+        assert o.ret == pytest.ExitCode.TESTS_FAILED, f"exit code {o.ret}\n{o.out[-4000:]}"
+        assert_ok_passed(o)
+
+
+def test_html_report_pointing_at_a_directory(project: Project) -> None:
+    """Class 7: --quantacc-html <a directory>: a message naming the option, no traceback."""
+    project.write_spec()
+    (project.path / "html").mkdir()
+    o = project.run("--quantacc-html", "html")
+    assert_answered(o)
+    assert_clean(o)
+    assert o.ret == pytest.ExitCode.TESTS_FAILED, f"exit code {o.ret}\n{o.out[-4000:]}"
+    assert "--quantacc-html" in o.out
+    assert_ok_passed(o)
+
+
+def test_fix_into_read_only_folder(project: Project) -> None:
+    """Class 7: --quantacc-fix when the spec's folder is read-only: the verified patch cannot be written; one
+    message says so (the model with a planted weight outlier gets a verified per-channel remedy)."""
+    planted = zoo.weight_outlier_cnn(project.path / "zoo")
+    shutil.copy(planted.model, project.path / "models/outlier.onnx")
+    shutil.copy(planted.calib, project.path / "data/outlier.npz")
+    shutil.rmtree(project.path / "zoo")
+    project.write_spec(project.entry(model="models/outlier.onnx", calibration={"data": "data/outlier.npz"},
+                                     evaluation={"data": "data/outlier.npz"}, thresholds={"cos": 0.99, "rmse": 0.1}))
+    project.make_read_only(project.path)
+    o = project.run_child(*project.args("--quantacc-fix", "--quantacc-remedies", "3"), read_only_aware=True)
+    assert_answered(o)
+    assert_clean(o)
+    assert o.ret == pytest.ExitCode.TESTS_FAILED, f"exit code {o.ret}\n{o.out[-4000:]}"
+    assert "fix.yaml" in o.out, o.out[-3000:]
+    assert_ok_passed(o)
+
+
+def test_inflating_member_memory_follows_samples_read(project: Project) -> None:
+    """Class 8: a ~1 MB compressed .npz whose member inflates to 1 GiB, with limit 8: peak memory follows the
+    8 samples read (bounded well below the member's size), and the run answers in seconds."""
+    shutil.copy(project.built["wide"].model, project.path / "models/wide.onnx")
+    write_inflating_npz(project.path / "data/huge.npz", 1024)
+    assert (project.path / "data/huge.npz").stat().st_size < 8 << 20
+    project.write_spec(project.entry(model="models/wide.onnx", calibration={"data": "data/huge.npz", "limit": 8},
+                                     evaluation={"data": "data/huge.npz", "limit": 8}))
+    o = project.run_child(*project.args(), measure=True, timeout=60)
+    assert_answered(o, within=30)
+    assert_clean(o)
+    assert o.maxrss_kib is not None, o.out[-2000:]
+    assert o.maxrss_kib < 600 * 1024, f"peak RSS {o.maxrss_kib / 1024:.0f} MiB"
+    assert re.search(rf"^{re.escape(SPEC)}::bad::convert PASSED", o.out, re.M), o.out[-3000:]
+    assert_ok_passed(o)
+
+
+def test_user_modules_are_imported_without_bytecode(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Class 9: importing the user's metric module writes no __pycache__ into the user's folder, also where
+    Python writes bytecode by default (this environment may set PYTHONDONTWRITEBYTECODE, hiding the bug)."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    project.write_spec(_metric(project, "    return float(np.mean(outputs.argmax(-1) == labels))"))
+    o = project.run()
+    assert_answered(o)
+    assert_clean(o)
+    assert re.search(rf"^{re.escape(SPEC)}::bad::accuracy PASSED", o.out, re.M), o.out[-3000:]
+    assert not list(project.path.rglob("__pycache__")), list(project.path.rglob("__pycache__"))
