@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pytest_quantacc import QuantaccInputError, load_spec
-from pytest_quantacc.data import InputInfo, load_samples
+from pytest_quantacc.samples import InputInfo, load_samples
 
 MESSAGE_BOUND = 2000  # characters: a message quotes values through a bounded repr
 

@@ -37,6 +37,12 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS + 3 else text[:SHOWN_CHARS] + "..."
 
 
+def shown_path(p: Path | str) -> str:
+    """A path for a message: as it is (it is the user's own location), unless absurdly long."""
+    text = str(p)
+    return text if len(text) <= 1000 else text[:1000] + "..."
+
+
 def path_problem(p: Path, want: str = FILE) -> str | None:
     """Why ``p`` cannot be read as ``want`` (FILE, FOLDER or FILE_OR_FOLDER), or None when it can.
 
@@ -74,10 +80,11 @@ def read_bounded(p: Path, limit: int, fail) -> bytes:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise fail(f"cannot read {p}: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise fail(f"{p} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise fail(f"{p} is not a regular file")
         if st.st_size > limit:
             raise fail(f"{p} is {st.st_size} bytes; more than the {limit} bytes such a file may have")
         data = f.read(limit + 1)
@@ -117,7 +124,10 @@ class Node:
         return {k: self.child(k) for k in self.value}
 
     def _sub(self, k: Any) -> str:
-        k = k if isinstance(k, str) and len(k) <= SHOWN_CHARS else shown(k)
+        if not isinstance(k, str):
+            k = shown(k)
+        elif len(k) > SHOWN_CHARS:
+            k = k[:SHOWN_CHARS] + "..."
         return f"{self.key}.{k}" if self.key else k
 
     def sequence(self) -> list[Node]:
@@ -177,9 +187,11 @@ class Node:
             problem = path_problem(p, want)
             if problem is not None:
                 if problem.endswith("not found"):
-                    raise self.fail(f"{problem}: {shown(str(p))}")
+                    raise self.fail(f"{problem}: {shown_path(p)}")
                 written = os.path.abspath(self.spec.parent / text)
-                where = shown(written) if written == str(p) else f"{shown(written)} (a link to {shown(str(p))})"
+                where = shown_path(written)
+                if written != str(p):
+                    where += f" (a link to {shown_path(p)})"
                 raise self.fail(f"{where} {problem}")
         return p
 

@@ -16,7 +16,7 @@ import yaml
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
 from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
-from .node import FILE, FILE_OR_FOLDER, Node, kind_of, path_problem, read_bounded, shown
+from .node import FILE, FILE_OR_FOLDER, Node, kind_of, path_problem, read_bounded, shown, shown_path
 from .preprocess import Preprocess, parse_preprocess
 
 
@@ -72,11 +72,11 @@ def _data_path(node: Node) -> Path:
         try:
             entries = sorted(e for e in path.iterdir() if e.suffix == ".npz")
         except OSError as exc:
-            raise node.fail(f"cannot list the folder {shown(str(path))}: {exc.strerror or exc}") from None
+            raise node.fail(f"cannot list the folder {shown_path(path)}: {exc.strerror or exc}") from None
         for entry in entries:
             problem = path_problem(entry, FILE)
             if problem is not None:
-                raise node.fail(f"{shown(str(entry))} {problem} (every .npz in a data folder is one sample file)")
+                raise node.fail(f"{shown_path(entry)} {problem} (every .npz in a data folder is one sample file)")
     return path
 
 

@@ -49,7 +49,7 @@ _CACHED = ("manifest.json", "float.onnx", "fixed.onnx", "offline.onnx", "results
            "float.onnx.data", "fixed.onnx.data", "offline.onnx.data")
 _SEAL = "checksums.json"
 _RESULTS = "results.json"
-_OPEN = "unsealed"  # present from verify() to seal(): left behind, the holder of the lock was killed meanwhile
+_OPEN = "unsealed"  # present from opened() to seal(): left behind, the holder of the lock was killed meanwhile
 # What a run killed under the lock leaves in the folder: temporary folders of the float preparation, the
 # quantizer and dump commands, the quantizer's shape-inferred copy, files.replacing's temporary files.
 _LEFTOVERS = (".opt.*", ".q.*", ".command-*", "float-inferred.onnx", "float-inferred.onnx.data", ".*.tmp")
@@ -122,7 +122,7 @@ def verify(workdir: Path) -> None:
         return
     sweep(workdir)
     interrupted = (workdir / _OPEN).exists()
-    (workdir / _OPEN).touch()
+    (workdir / _OPEN).unlink(missing_ok=True)
     present = [n for n in _CACHED if (workdir / n).is_file()]
     if not present:
         return
@@ -142,6 +142,13 @@ def verify(workdir: Path) -> None:
         warnings.warn(QuantaccCacheWarning(f"quantacc cache: {', '.join(sorted(set(bad)))} in {workdir} failed "
                                            f"the checksum (corrupt or modified); rebuilding"), stacklevel=2)
         _invalidate(workdir)
+
+
+def opened(workdir: Path) -> None:
+    """Mark ``workdir`` as being worked on until ``seal`` (after ``verify``, under the lock): if this process is
+    killed meanwhile, the next ``verify`` knows the folder was left unsealed and rebuilds it quietly."""
+    if workdir.is_dir():
+        (workdir / _OPEN).touch()
 
 
 def _matches(path: Path, sealed) -> bool:
@@ -172,6 +179,7 @@ def cached_float(mspec: ModelSpec, base: Path) -> Path:
     workdir = workdir_for(base, mspec)
     with locked(workdir):
         verify(workdir)
+        opened(workdir)
         path = prepare_float(mspec, base)
         seal(workdir)
         return path
@@ -200,6 +208,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
         elif workdir.is_dir():
             sweep(workdir)
             _invalidate(workdir)
+        opened(workdir)
         try:
             prepared = prepare(mspec, base)
         except QuantaccInputError as exc:
@@ -212,6 +221,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
         if stores:
             reused = _reuse(workdir, key, prepared)
             if reused is not None:
+                (workdir / _OPEN).unlink(missing_ok=True)  # nothing was written: the seal still holds
                 return reused
         result = evaluate_model(mspec, base, threads, memory_budget, prepared)
         accuracy = accuracy_error = None
