@@ -128,7 +128,7 @@ def assert_only_input_errors(path: Path) -> None:
         assert len(message) < MESSAGE_BOUND, f"{len(message)} characters: {message[:300]}..."
 
 
-@budget(300)
+@budget(100)
 @given(tree=spec_tree)
 def test_spec_trees_give_only_input_errors(folder: Path, tree: dict) -> None:
     path = folder / "spec.yaml"
@@ -223,7 +223,7 @@ def assert_samples_or_input_error(path: Path, limit: int | None, inputs: tuple[I
             assert fits(value.shape, info.shape), (info, value.shape)
 
 
-@budget(200)
+@budget(150)
 @given(st.data())
 def test_npz_files_give_samples_or_input_errors(tmp_path_factory, data) -> None:
     inputs = data.draw(model_inputs())

@@ -752,12 +752,15 @@ def test_command_child_holding_stdout_does_not_turn_success_into_timeout(project
     project.write_spec(_command_entry(project, ["{python}", "sim.py", "stdout-open", "{inputs}", "{out}",
                                                 str(pid_file)], timeout=12))
     try:
-        o = project.run_child(*project.args())
+        o = project.run()  # in-process: were the pipes waited on again, the 12 s timeout would end it
         assert_answered(o, within=ANSWER_WITHIN)
         assert_clean(o)
         assert "timed out" not in o.out, o.out[-3000:]
         assert re.search(rf"^{re.escape(SPEC)}::bad::convert PASSED", o.out, re.M), o.out[-3000:]
         assert_ok_passed(o)
+        assert pid_file.is_file(), "the simulator did not start its helper"
+        time.sleep(0.3)
+        assert not _pid_alive(int(pid_file.read_text())), "the helper outlived the session"
     finally:
         _kill(pid_file)
 
