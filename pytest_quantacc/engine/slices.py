@@ -1,0 +1,291 @@
+"""Masking-proof metrics: the same cos / relative RMSE, per slice or per channel of a tensor.
+
+Whole-tensor metrics are dominated by the parts with the largest values. A detector's head concatenates box
+coordinates (0..320) and class scores (0..1) into one tensor: per-tensor uint8 quantization of that tensor
+leaves the scores 0 or one step, yet the whole tensor's cos stays 0.999 because the boxes carry almost all of
+its energy. The same holds for one channel with a +400 range beside normal channels. Judging each part on its
+own (each concatenated input's slice along the concat axis, or each channel) exposes what the whole hides.
+
+Accumulation follows ``metrics.Accumulator``: float64 sums per sample, the mean over samples of per-sample
+metrics and the worst sample, per part, so memory does not grow with the number of samples.
+
+**The near-zero rule.** A part whose float reference is (near) zero has no scale of its own: a relative RMSE
+against it is noise over noise (a channel a Relu keeps dead, whose quantized copy is off by one step, would
+show rmse 1e6). For each sample, a part is *near zero* when its reference rms is below
+``rel_floor`` (default 1e-3) times the whole tensor's rms of that sample, or below ``ABS_FLOOR``. For such a
+part, in that sample,
+
+- rmse is its error rms divided by the *whole tensor's* reference rms (absolute error on the tensor's scale:
+  a dead channel that stays within a few steps of zero scores ~0.001, one that quantization lifts to a tenth
+  of the tensor's typical magnitude scores 0.1 and fails);
+- cos is not computed (a direction of noise means nothing): the part's mean cos is over the samples where it
+  was judged relatively, and is None when it never was.
+
+Each part reports how many samples were judged by the near-zero rule (``near_zero_samples``) so a report can
+say so. When the whole tensor itself is zero in a sample every part is near zero; its rmse is then 0 if the
+target is zero too and infinite otherwise (as ``metrics.tensor_metrics``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import shape_inference
+
+REL_FLOOR = 1e-3  # a part below this fraction of the whole tensor's rms is judged by the near-zero rule
+ABS_FLOOR = 1e-20  # below this rms a part is zero whatever the tensor's scale (float32 denormals and below)
+_CHUNK = 65536  # elements of the flattened remainder per block, as in metrics.py
+
+
+@dataclass(frozen=True)
+class PartMetrics:
+    """One slice or channel over samples.
+
+    ``cos``: mean over the samples judged relatively (None when none was); ``rmse``: mean over all samples,
+    each sample's value by its rule (see the module docstring); ``worst_*``: the worst sample's value.
+    ``start``/``stop``: the part's index range along the axis (a channel has stop = start + 1).
+    """
+
+    index: int
+    start: int
+    stop: int
+    cos: float | None
+    rmse: float
+    worst_cos: float | None
+    worst_rmse: float
+    samples: int
+    near_zero_samples: int
+
+    @property
+    def rule(self) -> str:
+        """How the part was judged: "relative", "near-zero" (every sample) or "mixed"."""
+        if self.near_zero_samples == 0:
+            return "relative"
+        return "near-zero" if self.near_zero_samples == self.samples else "mixed"
+
+    def badness(self, cos_min: float, rmse_max: float) -> float:
+        """How far past the thresholds the part is, on one scale: max((1 - cos) / (1 - cos_min), rmse / rmse_max).
+
+        Values above 1 break a threshold. One number is needed to pick *the* worst part when one part has the
+        lowest cos and another the highest rmse.
+        """
+        by_cos = (1.0 - self.cos) / max(1.0 - cos_min, 1e-12) if self.cos is not None else 0.0
+        return max(by_cos, self.rmse / rmse_max if rmse_max > 0 else math.inf if self.rmse > 0 else 0.0)
+
+    def as_json(self) -> dict:
+        return {"index": self.index, "start": self.start, "stop": self.stop, "cos": self.cos, "rmse": self.rmse,
+                "worst_cos": self.worst_cos, "worst_rmse": self.worst_rmse, "samples": self.samples,
+                "near_zero_samples": self.near_zero_samples, "rule": self.rule}
+
+
+@dataclass(frozen=True)
+class PartsSummary:
+    """Every part of a tensor along ``axis`` (``kind`` "slice" or "channel")."""
+
+    kind: str
+    axis: int
+    parts: tuple[PartMetrics, ...]
+
+    def worst(self, cos_min: float = 0.99, rmse_max: float = 0.1) -> PartMetrics | None:
+        """The part furthest past the thresholds (ties: the first in index order)."""
+        return max(self.parts, key=lambda p: p.badness(cos_min, rmse_max), default=None)
+
+    def near_zero(self) -> tuple[int, ...]:
+        """Indices of parts judged by the near-zero rule in at least one sample."""
+        return tuple(p.index for p in self.parts if p.near_zero_samples)
+
+
+class PartsAccumulator:
+    """Streaming per-part cos and relative RMSE of target against reference along one axis.
+
+    ``bounds`` are the part edges along the axis, ``[0, b1, ..., size]``; each part is ``[b_i, b_{i+1})``.
+    ``PartsAccumulator.channels(axis, n)`` makes one part per index. The axis is counted on the per-sample
+    tensor as the model produces it (batch axis included).
+    """
+
+    def __init__(self, axis: int, bounds: tuple[int, ...], kind: str = "slice", rel_floor: float = REL_FLOOR) -> None:
+        if len(bounds) < 2 or bounds[0] != 0 or any(b <= a for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"bounds must start at 0 and increase strictly: {bounds}")
+        self.axis, self.bounds, self.kind, self.rel_floor = axis, tuple(int(b) for b in bounds), kind, rel_floor
+        n = len(bounds) - 1
+        self.samples = 0
+        self._cos_sum = np.zeros(n)
+        self._cos_count = np.zeros(n, dtype=np.int64)
+        self._rmse_sum = np.zeros(n)
+        self._worst_cos = np.full(n, np.inf)
+        self._worst_rmse = np.full(n, -np.inf)
+
+    @classmethod
+    def channels(cls, axis: int, count: int, rel_floor: float = REL_FLOOR) -> PartsAccumulator:
+        return cls(axis, tuple(range(count + 1)), "channel", rel_floor)
+
+    def _sums(self, f: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per-part sums ff, qq, fq, dd (float64) and element counts."""
+        axis = self.axis % f.ndim
+        if f.shape[axis] != self.bounds[-1]:
+            raise ValueError(f"axis {axis} has {f.shape[axis]} entries, the parts cover {self.bounds[-1]}")
+        fm = np.moveaxis(f, axis, 0).reshape(f.shape[axis], -1)
+        qm = np.moveaxis(q, axis, 0).reshape(q.shape[axis], -1)
+        rows = np.zeros((4, fm.shape[0]))
+        step = max(1, _CHUNK // max(fm.shape[0], 1))
+        for start in range(0, fm.shape[1], step):
+            a = fm[:, start:start + step].astype(np.float64)
+            b = qm[:, start:start + step].astype(np.float64)
+            d = b - a
+            rows += np.stack([np.sum(a * a, axis=1), np.sum(b * b, axis=1), np.sum(a * b, axis=1),
+                              np.sum(d * d, axis=1)])
+        parts = np.add.reduceat(rows, np.asarray(self.bounds[:-1]), axis=1)
+        counts = np.diff(np.asarray(self.bounds)) * fm.shape[1]
+        return parts[0], parts[1], parts[2], parts[3], counts
+
+    def add(self, f: np.ndarray, q: np.ndarray) -> None:
+        """One sample: reference ``f`` and target ``q`` of the same shape."""
+        f, q = np.asarray(f), np.asarray(q)
+        if f.shape != q.shape:
+            raise ValueError(f"shape mismatch: reference {list(f.shape)}, target {list(q.shape)}")
+        ff, qq, fq, dd, counts = self._sums(f, q)
+        n = np.maximum(counts, 1)
+        whole_rms = math.sqrt(float(ff.sum()) / max(int(counts.sum()), 1))
+        part_rms = np.sqrt(ff / n)
+        err_rms = np.sqrt(dd / n)
+        near = (part_rms < self.rel_floor * whole_rms) | (part_rms < ABS_FLOOR)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = err_rms / part_rms
+            if whole_rms > 0:
+                absolute = err_rms / whole_rms
+            else:
+                absolute = np.where(err_rms > 0, np.inf, 0.0)
+            cos = np.where(qq > 0, fq / np.sqrt(ff * qq), 0.0)
+        rmse = np.where(near, absolute, rel)
+        cos = np.clip(cos, -1.0, 1.0)
+        judged = ~near
+        self.samples += 1
+        self._rmse_sum += rmse
+        self._worst_rmse = np.maximum(self._worst_rmse, rmse)
+        self._cos_sum += np.where(judged, cos, 0.0)
+        self._cos_count += judged
+        self._worst_cos = np.where(judged, np.minimum(self._worst_cos, cos), self._worst_cos)
+
+    def summary(self) -> PartsSummary:
+        parts = []
+        s = max(self.samples, 1)
+        for i, (start, stop) in enumerate(zip(self.bounds, self.bounds[1:])):
+            counted = int(self._cos_count[i])
+            parts.append(PartMetrics(
+                i, start, stop,
+                float(self._cos_sum[i] / counted) if counted else None,
+                float(self._rmse_sum[i] / s),
+                float(self._worst_cos[i]) if counted else None,
+                float(self._worst_rmse[i]) if self.samples else 0.0,
+                self.samples, self.samples - counted))
+        return PartsSummary(self.kind, self.axis, tuple(parts))
+
+
+@dataclass(frozen=True)
+class ConcatSlices:
+    """The parts of a Concat's output: each input's slice along the concat axis.
+
+    ``bounds`` is None when an input's size along the axis is not known statically (``unknown`` says which).
+    """
+
+    node: str
+    tensor: str
+    axis: int
+    inputs: tuple[str, ...]
+    sizes: tuple[int | None, ...]
+    bounds: tuple[int, ...] | None
+    unknown: str | None = None
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Every tensor's shape from the graph's declarations and ONNX shape inference (dims: int, symbol or None)."""
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference failing on an exotic graph leaves the declared shapes
+        inferred = model
+    g = inferred.graph
+    out: dict[str, list[int | str | None]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    for init in g.initializer:
+        out[init.name] = list(init.dims)
+    return out
+
+
+def concat_slices(model: onnx.ModelProto, tensor: str) -> ConcatSlices | None:
+    """The slice boundaries of ``tensor`` along its Concat's axis; None when no Concat produces ``tensor``."""
+    node = next((n for n in model.graph.node if n.op_type == "Concat" and tensor in n.output), None)
+    if node is None:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    shapes = _shapes(model)
+    inputs = tuple(i for i in node.input if i)
+    rank = next((len(shapes[i]) for i in inputs if i in shapes), None)
+    if axis < 0:
+        if rank is None:
+            return ConcatSlices(node.name, tensor, axis, inputs, (None,) * len(inputs), None,
+                                f"negative axis {axis} and no input rank known")
+        axis += rank
+    sizes = tuple(shapes[i][axis] if i in shapes and len(shapes[i]) > axis and
+                  isinstance(shapes[i][axis], int) and shapes[i][axis] > 0 else None for i in inputs)
+    missing = [i for i, s in zip(inputs, sizes) if s is None]
+    if missing:
+        return ConcatSlices(node.name, tensor, axis, inputs, sizes, None,
+                            f"size along axis {axis} unknown for {', '.join(missing)}")
+    return ConcatSlices(node.name, tensor, axis, inputs, sizes, tuple(int(b) for b in np.cumsum((0,) + sizes)))
+
+
+# Ops that keep a channel-first layout from their first input (elementwise, activations, pooling, resizing).
+_LAYOUT_KEEPING = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Selu", "Gelu",
+    "Mish", "Softplus", "Add", "Sub", "Mul", "Div", "Identity", "Dropout", "MaxPool", "AveragePool", "LpPool",
+    "Resize", "Upsample", "Pad", "Cast", "QuantizeLinear", "DequantizeLinear"})
+_CHANNEL_FIRST = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
+                            "GlobalAveragePool", "GlobalMaxPool", "ConvInteger", "QLinearConv"})
+
+
+@dataclass(frozen=True)
+class ChannelAxis:
+    """Which axis of a tensor holds its channels, or None, and why (shown when per-channel is not judged)."""
+
+    tensor: str
+    axis: int | None
+    reason: str
+
+
+def channel_axis(model: onnx.ModelProto, tensor: str) -> ChannelAxis:
+    """The channel axis of ``tensor``: axis 1 for NCHW conv-like rank-4 and [N, C, L] rank-3 tensors.
+
+    The layout is taken from the graph, not guessed from the shape alone: a rank-3 [batch, tokens, hidden]
+    transformer activation has the same rank as a Conv1d output, and an NHWC tensor the same rank as NCHW.
+    Walking back through layout-keeping ops (activations, elementwise, pooling), the tensor must come from a
+    channel-first op (Conv, BatchNormalization, ...) or a channel-axis-1 Concat of such tensors.
+    """
+    shapes = _shapes(model)
+    rank = len(shapes[tensor]) if tensor in shapes else None
+    if rank is None:
+        return ChannelAxis(tensor, None, "rank unknown (no declared or inferred shape)")
+    if rank not in (3, 4):
+        return ChannelAxis(tensor, None, f"rank {rank}: only rank-3 [N, C, L] and rank-4 [N, C, H, W] have a "
+                                         f"channel axis here")
+    prod = {o: n for n in model.graph.node for o in n.output}
+    seen: set[str] = set()
+    t = tensor
+    while t in prod and t not in seen:
+        seen.add(t)
+        n = prod[t]
+        if n.op_type in _CHANNEL_FIRST:
+            return ChannelAxis(tensor, 1, f"channel-first from {n.op_type} {n.name}")
+        if n.op_type == "Concat":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            if axis % rank != 1:
+                return ChannelAxis(tensor, None, f"Concat {n.name} joins along axis {axis}, not channels")
+        elif n.op_type not in _LAYOUT_KEEPING:
+            return ChannelAxis(tensor, None, f"layout not known after {n.op_type} {n.name}")
+        t = next((i for i in n.input if i), "")
+    return ChannelAxis(tensor, None, "no channel-first producer upstream (a graph input or an unknown op)")
