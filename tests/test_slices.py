@@ -155,3 +155,21 @@ def test_masked_scores_are_found(head):
     assert boxes.cos > 0.99
     assert scores.cos < 0.9
     assert acc.summary().worst() == scores
+
+
+def test_channel_axis_of_rank3_tensors():
+    """[N, C, L] from a Conv1d has channels on axis 1; [N, tokens, hidden] from a MatMul has none known."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 2, 3), np.float32), "w")
+    m = numpy_helper.from_array(np.ones((4, 5), np.float32), "m")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "m"], ["t"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 4])],
+                              [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)], initializer=[w, m])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert channel_axis(model, "r").axis == 1
+    got = channel_axis(model, "t")
+    assert got.axis is None and "MatMul" in got.reason
+    assert channel_axis(model, "x").axis is None  # a graph input: no producer says its layout
