@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pytest_quantacc.engine.slices import (ABS_FLOOR, REL_FLOOR, PartsAccumulator, channel_axis,
-                                           concat_slices)
+from pytest_quantacc.engine.slices import ABS_FLOOR, REL_FLOOR, PartsAccumulator
+from pytest_quantacc.graph.parts import channel_axis, concat_slices
 from verdict_models import DET_BOXES, DET_CLASSES, detection_head
 from zoo import quantize_qdq
 

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from pytest_quantacc.engine.slices import channel_axis
+from pytest_quantacc.graph.parts import channel_axis
 from verdict_models import (VAR_SHAPES, ZP_LOW, deep_stack, dynamic_quantized, run_float, variable_shape,
                             zero_point_clip)
 from zoo import fake_quant_metrics, quantize_qdq

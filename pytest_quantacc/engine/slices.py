@@ -32,8 +32,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import shape_inference
 
 REL_FLOOR = 1e-3  # a part below this fraction of the whole tensor's rms is judged by the near-zero rule
 ABS_FLOOR = 1e-20  # below this rms a part is zero whatever the tensor's scale (float32 denormals and below)
@@ -75,6 +73,10 @@ class PartMetrics:
         by_cos = (1.0 - self.cos) / max(1.0 - cos_min, 1e-12) if self.cos is not None else 0.0
         return max(by_cos, self.rmse / rmse_max if rmse_max > 0 else math.inf if self.rmse > 0 else 0.0)
 
+    def breaks(self, cos_min: float, rmse_max: float) -> bool:
+        """The part's mean metrics break a threshold (cos only where it was judged: see the near-zero rule)."""
+        return (self.cos is not None and self.cos < cos_min) or self.rmse > rmse_max
+
     def as_json(self) -> dict:
         return {"index": self.index, "start": self.start, "stop": self.stop, "cos": self.cos, "rmse": self.rmse,
                 "worst_cos": self.worst_cos, "worst_rmse": self.worst_rmse, "samples": self.samples,
@@ -83,11 +85,21 @@ class PartMetrics:
 
 @dataclass(frozen=True)
 class PartsSummary:
-    """Every part of a tensor along ``axis`` (``kind`` "slice" or "channel")."""
+    """Every part of a tensor along ``axis`` (``kind`` "slice" or "channel"); for slices, ``names`` are the
+    Concat's inputs (one per part) and ``node`` the Concat."""
 
     kind: str
     axis: int
     parts: tuple[PartMetrics, ...]
+    names: tuple[str, ...] = ()
+    node: str | None = None
+
+    def label(self, part: PartMetrics) -> str:
+        """How a person reads one part: "slice 1 (scores_flat, [4:10] on axis 1)" or "channel 6"."""
+        if self.kind == "channel":
+            return f"channel {part.index}"
+        name = f"{self.names[part.index]}, " if part.index < len(self.names) else ""
+        return f"slice {part.index} ({name}[{part.start}:{part.stop}] on axis {self.axis})"
 
     def worst(self, cos_min: float = 0.99, rmse_max: float = 0.1) -> PartMetrics | None:
         """The part furthest past the thresholds (ties: the first in index order)."""
@@ -106,10 +118,12 @@ class PartsAccumulator:
     tensor as the model produces it (batch axis included).
     """
 
-    def __init__(self, axis: int, bounds: tuple[int, ...], kind: str = "slice", rel_floor: float = REL_FLOOR) -> None:
+    def __init__(self, axis: int, bounds: tuple[int, ...], kind: str = "slice", rel_floor: float = REL_FLOOR,
+                 names: tuple[str, ...] = (), node: str | None = None) -> None:
         if len(bounds) < 2 or bounds[0] != 0 or any(b <= a for a, b in zip(bounds, bounds[1:])):
             raise ValueError(f"bounds must start at 0 and increase strictly: {bounds}")
         self.axis, self.bounds, self.kind, self.rel_floor = axis, tuple(int(b) for b in bounds), kind, rel_floor
+        self.names, self.node = names, node
         n = len(bounds) - 1
         self.samples = 0
         self._cos_sum = np.zeros(n)
@@ -181,111 +195,4 @@ class PartsAccumulator:
                 float(self._worst_cos[i]) if counted else None,
                 float(self._worst_rmse[i]) if self.samples else 0.0,
                 self.samples, self.samples - counted))
-        return PartsSummary(self.kind, self.axis, tuple(parts))
-
-
-@dataclass(frozen=True)
-class ConcatSlices:
-    """The parts of a Concat's output: each input's slice along the concat axis.
-
-    ``bounds`` is None when an input's size along the axis is not known statically (``unknown`` says which).
-    """
-
-    node: str
-    tensor: str
-    axis: int
-    inputs: tuple[str, ...]
-    sizes: tuple[int | None, ...]
-    bounds: tuple[int, ...] | None
-    unknown: str | None = None
-
-
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Every tensor's shape from the graph's declarations and ONNX shape inference (dims: int, symbol or None)."""
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference failing on an exotic graph leaves the declared shapes
-        inferred = model
-    g = inferred.graph
-    out: dict[str, list[int | str | None]] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-    for init in g.initializer:
-        out[init.name] = list(init.dims)
-    return out
-
-
-def concat_slices(model: onnx.ModelProto, tensor: str) -> ConcatSlices | None:
-    """The slice boundaries of ``tensor`` along its Concat's axis; None when no Concat produces ``tensor``."""
-    node = next((n for n in model.graph.node if n.op_type == "Concat" and tensor in n.output), None)
-    if node is None:
-        return None
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-    shapes = _shapes(model)
-    inputs = tuple(i for i in node.input if i)
-    rank = next((len(shapes[i]) for i in inputs if i in shapes), None)
-    if axis < 0:
-        if rank is None:
-            return ConcatSlices(node.name, tensor, axis, inputs, (None,) * len(inputs), None,
-                                f"negative axis {axis} and no input rank known")
-        axis += rank
-    sizes = tuple(shapes[i][axis] if i in shapes and len(shapes[i]) > axis and
-                  isinstance(shapes[i][axis], int) and shapes[i][axis] > 0 else None for i in inputs)
-    missing = [i for i, s in zip(inputs, sizes) if s is None]
-    if missing:
-        return ConcatSlices(node.name, tensor, axis, inputs, sizes, None,
-                            f"size along axis {axis} unknown for {', '.join(missing)}")
-    return ConcatSlices(node.name, tensor, axis, inputs, sizes, tuple(int(b) for b in np.cumsum((0,) + sizes)))
-
-
-# Ops that keep a channel-first layout from their first input (elementwise, activations, pooling, resizing).
-_LAYOUT_KEEPING = frozenset({
-    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Selu", "Gelu",
-    "Mish", "Softplus", "Add", "Sub", "Mul", "Div", "Identity", "Dropout", "MaxPool", "AveragePool", "LpPool",
-    "Resize", "Upsample", "Pad", "Cast", "QuantizeLinear", "DequantizeLinear"})
-_CHANNEL_FIRST = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization",
-                            "GlobalAveragePool", "GlobalMaxPool", "ConvInteger", "QLinearConv"})
-
-
-@dataclass(frozen=True)
-class ChannelAxis:
-    """Which axis of a tensor holds its channels, or None, and why (shown when per-channel is not judged)."""
-
-    tensor: str
-    axis: int | None
-    reason: str
-
-
-def channel_axis(model: onnx.ModelProto, tensor: str) -> ChannelAxis:
-    """The channel axis of ``tensor``: axis 1 for NCHW conv-like rank-4 and [N, C, L] rank-3 tensors.
-
-    The layout is taken from the graph, not guessed from the shape alone: a rank-3 [batch, tokens, hidden]
-    transformer activation has the same rank as a Conv1d output, and an NHWC tensor the same rank as NCHW.
-    Walking back through layout-keeping ops (activations, elementwise, pooling), the tensor must come from a
-    channel-first op (Conv, BatchNormalization, ...) or a channel-axis-1 Concat of such tensors.
-    """
-    shapes = _shapes(model)
-    rank = len(shapes[tensor]) if tensor in shapes else None
-    if rank is None:
-        return ChannelAxis(tensor, None, "rank unknown (no declared or inferred shape)")
-    if rank not in (3, 4):
-        return ChannelAxis(tensor, None, f"rank {rank}: only rank-3 [N, C, L] and rank-4 [N, C, H, W] have a "
-                                         f"channel axis here")
-    prod = {o: n for n in model.graph.node for o in n.output}
-    seen: set[str] = set()
-    t = tensor
-    while t in prod and t not in seen:
-        seen.add(t)
-        n = prod[t]
-        if n.op_type in _CHANNEL_FIRST:
-            return ChannelAxis(tensor, 1, f"channel-first from {n.op_type} {n.name}")
-        if n.op_type == "Concat":
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-            if axis % rank != 1:
-                return ChannelAxis(tensor, None, f"Concat {n.name} joins along axis {axis}, not channels")
-        elif n.op_type not in _LAYOUT_KEEPING:
-            return ChannelAxis(tensor, None, f"layout not known after {n.op_type} {n.name}")
-        t = next((i for i in n.input if i), "")
-    return ChannelAxis(tensor, None, "no channel-first producer upstream (a graph input or an unknown op)")
+        return PartsSummary(self.kind, self.axis, tuple(parts), self.names, self.node)

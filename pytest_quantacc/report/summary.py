@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ..engine.diagnose import inherited_note
 from ..engine.judge import gates_fail
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from .numbers import fmt_num
@@ -37,7 +38,12 @@ def model_summary(result: ModelResult) -> str:
                      + ("; worst: " + ", ".join(f"{r.layer.name} cos {fmt_num(r.summary['cos'])}" for r in worst)
                         if worst else ""))
         if c.diagnosis is not None:
-            lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}")
+            lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}"
+                         + (f"; roots (own error beyond thresholds): {', '.join(x.layer for x in c.diagnosis.roots)}"
+                            if c.diagnosis.roots else ""))
+            note = inherited_note(c)
+            if note is not None:
+                lines.append(f"    {note}")
             if c.diagnosis.remedy is not None:
                 lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
