@@ -12,6 +12,8 @@ whole-tensor, first-layer-over-threshold verdict is wrong on real models:
 - :func:`variable_shape`: dynamic spatial dims, one sample per .npz in a directory, labels for the accuracy gate.
 - :func:`dynamic_quantized`: a model ``quantize_dynamic`` already quantized (DynamicQuantizeLinear,
   ConvInteger, MatMulInteger), given where a float model is expected.
+- :func:`outlier_channel`: one Conv output channel with a ~400x range beside three normal ones: per-tensor
+  uint8 leaves the normal channels a level or two while the whole tensor's metrics pass.
 
 Opset 17, IR version 8 (as tests/zoo.py), every model checked by ``onnx.checker``.
 """
@@ -359,3 +361,34 @@ def dynamic_quantized(dest: Path, n: int = 8) -> VerdictModel:
     np.savez(epath, input=x)
     return VerdictModel(qpath, cpath, epath, integer,
                         "quantize_dynamic output given as the float model", float_model=fpath)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (f) one outlier channel in a Conv output
+# ----------------------------------------------------------------------------------------------------------
+
+OUTLIER_GAIN = 400.0
+
+
+def outlier_channel(dest: Path, n_calib: int = 16, n_eval: int = 8) -> VerdictModel:
+    """``conv_wide`` (1x1, 3 -> 4 channels) writes channel 0 at ``OUTLIER_GAIN`` times the scale of channels
+    1-3; ``conv_out`` (1x1, 4 -> 2) reads channel 0 scaled back down, so the float function is ordinary.
+    Per-tensor uint8 of ``conv_wide_out`` spends its 256 levels on channel 0: channels 1-3 keep about one level
+    each, while the tensor's whole cos stays above 0.99 (channel 0 carries its energy). Planted: ``conv_wide``
+    (channels 1, 2, 3)."""
+    rng = np.random.default_rng(71)
+    w = rng.standard_normal((4, 3, 1, 1)) / math.sqrt(3)
+    w[0] *= OUTLIER_GAIN
+    mix = rng.standard_normal((2, 4, 1, 1)) / 2.0
+    mix[:, 0] /= OUTLIER_GAIN
+    params = {"wide_w": w.astype(np.float32), "wide_b": np.zeros(4, np.float32),
+              "out_w": mix.astype(np.float32), "out_b": np.zeros(2, np.float32)}
+    nodes = [conv("conv_wide", "input", "wide_w", "wide_b", "conv_wide_out", 1),
+             conv("conv_out", "conv_wide_out", "out_w", "out_b", "y", 1)]
+    graph = helper.make_graph(nodes, "outlier_channel",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, 8, 8])],
+                              initializer=[init(k, v) for k, v in params.items()])
+    x = images(710, n_calib + n_eval, 3, 8, 8)
+    return save(dest, "outlier_channel", make(graph), {"input": x[:n_calib]}, {"input": x[n_calib:]},
+                ("conv_wide",), f"conv_wide channel 0 x{OUTLIER_GAIN:.0f}; conv_out reads it scaled back")

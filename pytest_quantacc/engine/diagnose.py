@@ -194,7 +194,7 @@ def diagnose(float_model: onnx.ModelProto, comparison: "Comparison") -> Diagnosi
     else:
         why.append("error builds up over several layers: this layer's own error is within thresholds"
                    if first.own is not None else "error builds up over several layers")
-    todo += _root_todo(comparison, roots, first, ins, abrupt, concats)
+    todo += _root_todo(float_model, comparison, roots, first, ins, abrupt, concats)
     contributors = tuple(x.layer for x in roots) or _largest_own(comparison, first) or (first.layer.name,)
     return Diagnosis(first.layer.name, kind, tuple(r.layer.name for r in ins), tuple(why), tuple(todo), contributors,
                      roots, drops)
@@ -205,24 +205,42 @@ def _largest_own(comparison: Comparison, first: LayerResult) -> tuple[str, ...]:
     return tuple(r.layer.name for r in sorted(before, key=lambda r: r.own["rmse"], reverse=True)[:3])
 
 
-def _root_todo(comparison: Comparison, roots: tuple[Root, ...], first: LayerResult, ins: list[LayerResult],
-               abrupt: bool, concats: list[LayerResult]) -> list[str]:
-    """What to try, aimed at the roots when there are any, else at the first diverging layer."""
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def _root_todo(float_model: onnx.ModelProto, comparison: Comparison, roots: tuple[Root, ...], first: LayerResult,
+               ins: list[LayerResult], abrupt: bool, concats: list[LayerResult]) -> list[str]:
+    """What to try, aimed at the roots when there are any, else at the first diverging layer.
+
+    A root's own error is made by its quantized inputs and its quantized weights: the hint raises the weights of
+    the root and the activations where its inputs are quantized (the producers' outputs), not the root's output.
+    """
     todo = []
     for r in concats:
         todo.append(f"give {r.layer.name}'s output more levels: quantization.overrides: "
                     f"{{{r.layer.name}: {{activations: int16}}}}, or leave it in float: quantization.exclude_nodes: "
                     f"[{r.layer.name}] (or export the concatenated parts as separate outputs)")
-    others = [x.layer for x in roots if x.layer not in {r.layer.name for r in concats}]
+    others = [x for x in roots if x.layer not in {r.layer.name for r in concats}]
     if others:
-        todo.append(f"start at the roots, where the error is made: {', '.join(others)}: quantization.overrides: "
-                    f"{{{', '.join(f'{n}: {{activations: int16, weights: int16}}' for n in others)}}}, or "
-                    f"per_channel: true")
+        feeding = _feeders(float_model, comparison)
+        by_name = {r.layer.name: r for r in comparison.layers}
+        wanted: dict[str, list[str]] = {}
+        for x in others:
+            if x.op_type in _WEIGHTED:
+                wanted.setdefault(x.layer, []).append("weights: int16")
+            feeders = feeding(by_name[x.layer]) if x.layer in by_name else []
+            for f in feeders or ([by_name[x.layer]] if x.layer in by_name and x.op_type not in _WEIGHTED else []):
+                if "activations: int16" not in wanted.setdefault(f.layer.name, []):
+                    wanted[f.layer.name].append("activations: int16")
+        if wanted:
+            settings = {n: "{" + ", ".join(v) + "}" for n, v in wanted.items()}
+            todo.append(f"start at the roots, where the error is made ({', '.join(x.layer for x in others)}): their "
+                        f"weights and the activations they read at 16 bits: quantization.overrides: "
+                        f"{{{', '.join(f'{n}: {v}' for n, v in settings.items())}}}")
     if abrupt:
         names = [first.layer.name] + [r.layer.name for r in ins]
         todo.append(f"raise the precision of the input activations: quantization.overrides: "
                     f"{{{', '.join(f'{n}: {{activations: int16}}' for n in names[1:] or names)}}}")
-    if abrupt:
         todo += ["try per_channel: true (weights) and method: percentile or entropy (activations)",
                  f"leave the layer in float: quantization.exclude_nodes: [{first.layer.name}]"]
     else:
