@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph.parts import PartPlan
-from .slices import PartsAccumulator
+from .slices import SLICE_REL_FLOOR, PartsAccumulator
 
 NAMES = ("cos", "rmse", "mse", "sqnr_db", "max_abs")
 # For each metric, which direction is worse (worst-sample values are reported beside the mean).
@@ -185,5 +185,5 @@ def _parts_accumulator(plan: PartPlan, f: np.ndarray) -> PartsAccumulator | None
         return None  # one channel is the whole tensor
     if plan.kind == "channel":
         return PartsAccumulator.channels(plan.axis, f.shape[plan.axis])
-    return PartsAccumulator(plan.axis, plan.bounds, "slice", names=plan.names, node=plan.node)
+    return PartsAccumulator(plan.axis, plan.bounds, "slice", SLICE_REL_FLOOR, plan.names, plan.node)
 

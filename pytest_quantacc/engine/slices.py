@@ -12,7 +12,8 @@ metrics and the worst sample, per part, so memory does not grow with the number 
 **The near-zero rule.** A part whose float reference is (near) zero has no scale of its own: a relative RMSE
 against it is noise over noise (a channel a Relu keeps dead, whose quantized copy is off by one step, would
 show rmse 1e6). For each sample, a part is *near zero* when its reference rms is below
-``rel_floor`` (default 1e-3) times the whole tensor's rms of that sample, or below ``ABS_FLOOR``. For such a
+``rel_floor`` times the whole tensor's rms of that sample (channels: ``REL_FLOOR`` 1e-3; Concat slices:
+``SLICE_REL_FLOOR`` 1e-7, see there), or below ``ABS_FLOOR``. For such a
 part, in that sample,
 
 - rmse is its error rms divided by the *whole tensor's* reference rms (absolute error on the tensor's scale:
@@ -33,7 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-REL_FLOOR = 1e-3  # a part below this fraction of the whole tensor's rms is judged by the near-zero rule
+REL_FLOOR = 1e-3  # a channel below this fraction of the whole tensor's rms is judged by the near-zero rule
+# A Concat's slice is a tensor of its own joined to others of any scale: a detector's scores sit at 1e-4 of the
+# boxes' rms, and judging them on the boxes' scale is the masking slices exist to remove. Only a slice that is
+# zero at float32 precision relative to the whole (below its rounding) is judged on the tensor's scale.
+SLICE_REL_FLOOR = 1e-7
 ABS_FLOOR = 1e-20  # below this rms a part is zero whatever the tensor's scale (float32 denormals and below)
 _CHUNK = 65536  # elements of the flattened remainder per block, as in metrics.py
 

@@ -251,10 +251,13 @@ def _clipping(s: TensorStats) -> list[str]:
         lines.append(f"{s.tensor}: {100 * s.uncovered:.2f}% of the evaluation values fall outside the calibration "
                      f"data's own range {own}: the calibration data does not cover the evaluation data")
     if s.clipped_covered > 0.001:
+        (c_lo, c_hi), (r_lo, r_hi) = s.calibration_observed, s.calibrated
+        steps = max(r_lo - c_lo, c_hi - r_hi, 0.0) / s.scale
         cause = "the representable range is narrower than the range calibration measured"
-        if s.zero_point_exact is not None and abs(s.zero_point_exact - s.zero_point) > 0.25:
+        if s.zero_point_exact is not None and abs(s.zero_point_exact - s.zero_point) > 0.01:
             cause = (f"the zero point rounds {s.zero_point_exact:.2f} -> {s.zero_point} (scale {s.scale:.4g}), "
                      f"which shifts the representable range to {rep}")
+        cause += f"; values are cut by at most {steps:.2f} of a step"
         lines.append(f"{s.tensor}: {100 * s.clipped_covered:.2f}% of the values are clipped although the calibration "
                      f"data reaches them (its own range {own}): {cause}")
     return lines
