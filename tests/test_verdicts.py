@@ -17,7 +17,8 @@ from conftest import write_spec
 from onnx import numpy_helper
 
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.engine.accuracy import evaluation_samples, task_accuracy
+from pytest_quantacc.convert.prepare import PreparedModel
+from pytest_quantacc.engine.accuracy import task_accuracy
 from pytest_quantacc.engine.diagnose import cpu_int8, offline_hints
 from pytest_quantacc.errors import QuantaccInputError
 from pytest_quantacc.graph.match import Layer, QParams
@@ -207,10 +208,10 @@ def test_variable_shapes_score_per_sample_or_name_the_key(built):
     result = evaluate_model(heat, dest / "work")
     assert result.error is None and result.comparison("float", "fixed").first_diverging is None
     with pytest.raises(QuantaccInputError) as err:
-        task_accuracy(heat, result.artifacts, evaluation_samples(heat, result.artifacts.float_model))
+        task_accuracy(heat, result.artifacts, PreparedModel(heat, result.artifacts.float_model).evaluation)
     assert err.value.key == "models[0].evaluation.output" and "heatmap cannot be scored by top1" in err.value.problem
     result = evaluate_model(logits, dest / "work")
-    acc = task_accuracy(logits, result.artifacts, evaluation_samples(logits, result.artifacts.float_model))
+    acc = task_accuracy(logits, result.artifacts, PreparedModel(logits, result.artifacts.float_model).evaluation)
     labels = np.load(vm.labels)
     # The task, independently: each sample's float arg-max against its label, one sample at a time.
     want = np.mean([run(vm.model, {"input": np.load(f)["input"]}, False, "logits").argmax() == y

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 import onnx
 
-from ..convert.prepare import model_inputs
+from ..convert.prepare import PreparedModel
 from ..convert.quantize import quantize
 from ..convert.workdir import digest, read_manifest, write_manifest
 from ..engine.judge import finish
@@ -29,10 +29,11 @@ from ..engine.runner import Runner
 from ..errors import QuantaccInputError
 from ..graph.match import match_layers
 from ..graph.structure import prune
-from ..samples import load_samples
 from ..spec.model import ModelSpec, Override, Quantization
 from .fixfile import patch_yaml
 from .rootcause import Site, explain, gather, site
+
+
 
 
 
@@ -89,16 +90,13 @@ class _Trial:
     """Re-convert and re-evaluate one model with patched quantization settings, sharing the float run."""
 
     def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | None = None, prepared: PreparedModel | None = None) -> None:
         art = result.artifacts
         self.mspec, self.art, self.root, self.threads = mspec, art, root, threads
         self.float_model = onnx.load(str(art.float_model), load_external_data=False)
         self.outputs = [o.name for o in self.float_model.graph.output]
-        inputs = model_inputs(art.float_model)
-        self.calib = load_samples(mspec.calibration.path, mspec.calibration.limit, inputs, mspec.spec_path,
-                                  f"{mspec.key}.calibration.data")
-        self.evals = self.calib if mspec.evaluation == mspec.calibration else load_samples(
-            mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
+        prepared = prepared if prepared is not None else PreparedModel(mspec, art.float_model)
+        self.calib, self.evals = prepared.calibration, prepared.evaluation
         fixed = result.comparison("float", "fixed")
         self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
         # Under the memory budget the evaluation had, in as many passes over the graph (chunking.py).
@@ -259,7 +257,7 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
 
 
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
-           memory_budget: int | None = None) -> ModelResult:
+           memory_budget: int | None = None, prepared: PreparedModel | None = None) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
@@ -275,7 +273,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     layers = [r.layer for r in fixed.layers]
     try:
         where = site(float_model, layers, d.layer)
-        trial = _Trial(result.spec, result, d.layer, threads, memory_budget)
+        trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
     except (KeyError, QuantaccInputError):
         return result
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model, trial.calib)
