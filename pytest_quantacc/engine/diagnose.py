@@ -15,6 +15,7 @@ import onnx
 from ..graph.parts import QRANGE, value_source
 from ..graph.structure import producers
 from .results import Comparison, Diagnosis, Drop, LayerResult, Root
+from .slices import PartMetrics, PartsSummary
 
 
 
@@ -95,37 +96,72 @@ def find_drops(float_model: onnx.ModelProto, comparison: Comparison, limit: int 
     return tuple(sorted(steps, key=lambda d: (-d.drop, d.position))[:limit])
 
 
+def _span(x: LayerResult) -> tuple[float, float]:
+    """The range a quantized layer's output can represent."""
+    q = x.layer.qparams
+    lo, hi = QRANGE.get(q.dtype, (0, 255))
+    return (lo - q.zero_point[0]) * q.scale[0], (hi - q.zero_point[0]) * q.scale[0]
+
+
+def concat_inputs(float_model: onnx.ModelProto, comparison: Comparison,
+                  r: LayerResult) -> tuple[PartsSummary, PartMetrics, list[LayerResult | None]] | None:
+    """A Concat's breaking slice (own error first, where measured) and, per slice, the quantized layer whose values
+    it carries (walking back through reshapes); None when no slice breaks."""
+    found = r.worst_part("slice", own=r.own_parts != ()) or r.worst_part("slice")
+    if r.layer.qparams is None or found is None or not found[1].breaks(r.thresholds.cos, r.thresholds.rmse):
+        return None
+    ps, part = found
+    by_tensor = {x.layer.tensor: x for x in comparison.layers if x.layer.qparams is not None}
+    return ps, part, [by_tensor.get(value_source(float_model, name, set(by_tensor)) or "") for name in ps.names]
+
+
 def concat_levels(float_model: onnx.ModelProto, comparison: Comparison, r: LayerResult) -> list[str]:
     """For a Concat whose slice breaks: which input's values lose their levels to the per-tensor scale the
     larger input sets, with the numbers ("cls_sigmoid's values ... get 2 of 256 levels of output0's scale")."""
-    qp = r.layer.qparams
-    found = r.worst_part("slice", own=r.own_parts != ()) or r.worst_part("slice")
-    if qp is None or found is None or not found[1].breaks(r.thresholds.cos, r.thresholds.rmse):
+    found = concat_inputs(float_model, comparison, r)
+    if found is None:
         return []
-    ps, part = found
-    by_tensor = {x.layer.tensor: x for x in comparison.layers if x.layer.qparams is not None}
-    sources = [by_tensor.get(value_source(float_model, name, set(by_tensor)) or "") for name in ps.names]
+    ps, part, sources = found
+    qp = r.layer.qparams
     lo_q, hi_q = QRANGE.get(qp.dtype, (0, 255))
     scale = qp.scale[0]
     small = sources[part.index] if part.index < len(sources) else None
     if small is None or len(qp.scale) > 1:
         return [f"{r.layer.name} (Concat) quantizes all its inputs with one {qp.dtype} scale {scale:.4g}; "
                 f"{ps.label(part)} breaks"]
-
-    def span(x: LayerResult) -> tuple[float, float]:
-        q = x.layer.qparams
-        lo, hi = QRANGE.get(q.dtype, (0, 255))
-        return (lo - q.zero_point[0]) * q.scale[0], (hi - q.zero_point[0]) * q.scale[0]
-
-    lo, hi = span(small)
+    lo, hi = _span(small)
     levels = int(round(hi / scale) - round(lo / scale)) + 1
-    wide = max((x for x in sources if x is not None and x is not small), key=lambda x: span(x)[1] - span(x)[0],
+    wide = max((x for x in sources if x is not None and x is not small), key=lambda x: _span(x)[1] - _span(x)[0],
                default=None)
-    set_by = (f", a scale set by {wide.layer.name}'s range [{span(wide)[0]:.4g}, {span(wide)[1]:.4g}]"
+    set_by = (f", a scale set by {wide.layer.name}'s range [{_span(wide)[0]:.4g}, {_span(wide)[1]:.4g}]"
               if wide is not None else "")
     return [f"{r.layer.name} (Concat) quantizes its inputs with one per-tensor {qp.dtype} scale {scale:.4g} "
             f"(the scale of {r.layer.tensor}){set_by}: {small.layer.name}'s values (range [{lo:.4g}, {hi:.4g}]) "
             f"get {levels} of {hi_q - lo_q + 1} levels of {r.layer.tensor}'s scale {scale:.4g}"]
+
+
+def _concat_todo(float_model: onnx.ModelProto, comparison: Comparison, r: LayerResult) -> str:
+    """More levels where the breaking slice loses them: at the Concat's output while its scale leaves the small
+    input fewer levels than the input's own quantization has (16 bits, or float once it is 16-bit already),
+    else at the small input's own quantization."""
+    found = concat_inputs(float_model, comparison, r)
+    qp = r.layer.qparams
+    small = found[2][found[1].index] if found and found[1].index < len(found[2]) else None
+    in_float = (f"leave it in float: quantization.exclude_nodes: [{r.layer.name}] (or export the concatenated "
+                f"parts as separate outputs)")
+    if small is None or len(qp.scale) > 1:
+        return f"give {r.layer.name}'s output more levels: activations: int16 for it, or {in_float}"
+    lo, hi = _span(small)
+    kept = int(round(hi / qp.scale[0]) - round(lo / qp.scale[0])) + 1
+    own_lo, own_hi = QRANGE.get(small.layer.qparams.dtype, (0, 255))
+    if kept >= own_hi - own_lo + 1:
+        return (f"{small.layer.name}'s own quantization ({small.layer.qparams.dtype}) is what limits the slice: "
+                f"quantization.overrides: {{{small.layer.name}: {{activations: int16}}}}")
+    if "16" in qp.dtype:
+        return (f"{r.layer.name}'s output is already {qp.dtype} and still leaves {small.layer.name} {kept} levels: "
+                f"{in_float}")
+    return (f"give {r.layer.name}'s output more levels: quantization.overrides: {{{r.layer.name}: {{activations: "
+            f"int16}}}}, or {in_float}")
 
 
 def inherited_note(comparison: Comparison) -> str | None:
@@ -216,10 +252,7 @@ def _root_todo(float_model: onnx.ModelProto, comparison: Comparison, roots: tupl
     the root and the activations where its inputs are quantized (the producers' outputs), not the root's output.
     """
     todo = []
-    for r in concats:
-        todo.append(f"give {r.layer.name}'s output more levels: quantization.overrides: "
-                    f"{{{r.layer.name}: {{activations: int16}}}}, or leave it in float: quantization.exclude_nodes: "
-                    f"[{r.layer.name}] (or export the concatenated parts as separate outputs)")
+    todo += [_concat_todo(float_model, comparison, r) for r in concats if r.layer.qparams is not None]
     others = [x for x in roots if x.layer not in {r.layer.name for r in concats}]
     if others:
         feeding = _feeders(float_model, comparison)
