@@ -19,7 +19,6 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +47,6 @@ models:
     modes: [float, fixed, offline]
     thresholds: {{cos: 0.99, rmse: 0.1}}
 """
-
-
-@dataclass(frozen=True)
-class Built:
-    """What one builder produced: its directory and the facts worth printing."""
-
-    name: str
-    directory: Path
-    seconds: float
-    facts: dict
 
 
 # ----------------------------------------------------------------------------------------------- rendering
