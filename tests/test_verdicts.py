@@ -19,7 +19,7 @@ from onnx import numpy_helper
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.convert.prepare import PreparedModel
 from pytest_quantacc.engine.accuracy import task_accuracy
-from pytest_quantacc.engine.diagnose import cpu_int8, offline_hints
+from pytest_quantacc.engine.diagnose import cpu_int8, offline_effect, offline_hints
 from pytest_quantacc.errors import QuantaccInputError
 from pytest_quantacc.graph.match import Layer, QParams
 from pytest_quantacc.remedy.rootcause import activation_stats, explain
@@ -238,6 +238,27 @@ def test_stored_parts_are_rejudged(built):
     assert judged.comparison("float", "offline").get("output0").status == "passed"
     assert recheck(stored, replace(mspec, gate=replace(mspec.gate, granularity="channel")),
                    result.artifacts.float_model) is None  # channels were never measured
+    own, _ = recheck(stored, replace(mspec, gate=replace(mspec.gate, layers="own")), result.artifacts.float_model)
+    judged = own.comparison("float", "fixed")
+    assert {r.gate for r in judged.layers if r.status != "skipped"} == {"own", "accumulated"}
+    assert judged.get("output0").gate == "accumulated" and judged.get("relu2_out").gate == "own"
+    vspec, passing = evaluated(built, "var_ok", "variable_shape")
+    assert passing.comparison("float", "fixed").first_diverging is None  # so no own-error pass ran
+    assert recheck(json.loads(json.dumps(to_dict(passing))), replace(vspec, gate=replace(vspec.gate, layers="own")),
+                   passing.artifacts.float_model) is None
+
+
+def test_offline_effect_compares_the_deployable_outputs_with_the_simulation(built):
+    _, result = evaluated(built, "head", "detection_head")
+    fx, off = result.comparison("float", "fixed"), result.comparison("float", "offline")
+    a, b = off.get("output0").summary, fx.get("output0").summary
+    text = offline_effect(fx, off)
+    assert f"output0 cos {a['cos']:.4f} rmse {a['rmse']:.4f} (fixed: cos {b['cos']:.4f} rmse {b['rmse']:.4f})" in text
+    assert ("does not degrade" in text) == (a["rmse"] <= 1.1 * b["rmse"] + 1e-3)
+    # The deployable model pushed far from the simulation: the same comparison says the difference matters.
+    worse = off.with_layers(tuple(replace(r, summary=replace(r.summary, mean={**r.summary.mean, "rmse": 0.5}))
+                                  for r in off.layers))
+    assert "the difference matters" in offline_effect(fx, worse)
 
 
 def test_cpu_int8_support_and_its_hint():
@@ -264,6 +285,7 @@ def test_plugin_reports_worst_slice_roots_and_the_gate(built, pytester):
                                 "out.xml", "-p", "no:randomly")
     out = result.stdout.str()
     assert "worst slice 1 (scores_flat, [4:10] on axis 1)" in out
+    assert "float vs offline: first diverging layer: head_concat; 1 failed; worst: head_concat slice 1 (scores_flat" in out
     assert "diagnosis: gradual at conv10; roots (own error beyond thresholds): conv14, conv26" in out
     assert "24 of 26 failing layers inherit their error" in out and "gate: {layers: own}" in out
     report = {m["name"]: m for m in json.loads((pytester.path / "report.json").read_text())["models"]}

@@ -54,16 +54,6 @@ def _feeders(float_model: onnx.ModelProto, comparison: Comparison):
     return feeding
 
 
-def _worst_cos(r: LayerResult) -> tuple[float, str | None]:
-    """The layer's accumulated cos, or its worst part's when lower (the part's label then)."""
-    cos, label = r.summary["cos"], None
-    for ps in r.parts:
-        for p in ps.parts:
-            if p.cos is not None and p.cos < cos:
-                cos, label = p.cos, ps.label(p)
-    return cos, label
-
-
 def find_roots(comparison: Comparison) -> tuple[Root, ...]:
     """Every layer whose own error breaks its thresholds, in graph order (whole tensor or a part)."""
     out = []
@@ -89,8 +79,8 @@ def find_drops(float_model: onnx.ModelProto, comparison: Comparison, limit: int 
     for r in comparison.layers:
         if r.summary is None or r.status == "skipped":
             continue
-        before = min((_worst_cos(i)[0] for i in feeding(r)), default=1.0)
-        after, part = _worst_cos(r)
+        before = min((i.lowest_cos()[0] for i in feeding(r)), default=1.0)
+        after, part = r.lowest_cos()
         if before - after >= _MIN_DROP:
             steps.append(Drop(r.layer.name, r.layer.op_type, r.layer.position, before, after, part))
     return tuple(sorted(steps, key=lambda d: (-d.drop, d.position))[:limit])

@@ -70,6 +70,15 @@ class LayerResult:
         return self.own is not None and (not t.passes(self.own["cos"], self.own["rmse"]) or
                                          any(p.breaks(t.cos, t.rmse) for ps in self.own_parts for p in ps.parts))
 
+    def lowest_cos(self) -> tuple[float, str | None]:
+        """The accumulated cos, or its worst part's when lower, with that part's label (None: the whole)."""
+        cos, label = self.summary["cos"], None
+        for ps in self.parts:
+            for p in ps.parts:
+                if p.cos is not None and p.cos < cos:
+                    cos, label = p.cos, ps.label(p)
+        return cos, label
+
     def worst_part(self, kind: str, own: bool = False) -> tuple[PartsSummary, PartMetrics] | None:
         """The ``kind`` ("slice" / "channel") part furthest past the thresholds, with the split it belongs to."""
         for ps in self.own_parts if own else self.parts:
