@@ -110,10 +110,6 @@ class PartsSummary:
         """The part furthest past the thresholds (ties: the first in index order)."""
         return max(self.parts, key=lambda p: p.badness(cos_min, rmse_max), default=None)
 
-    def near_zero(self) -> tuple[int, ...]:
-        """Indices of parts judged by the near-zero rule in at least one sample."""
-        return tuple(p.index for p in self.parts if p.near_zero_samples)
-
 
 class PartsAccumulator:
     """Streaming per-part cos and relative RMSE of target against reference along one axis.
