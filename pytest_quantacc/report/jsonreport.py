@@ -33,7 +33,7 @@ def layer_json(r: LayerResult) -> dict:
     slices = next((ps for ps in r.parts if ps.kind == "slice"), None)
     if slices is not None:
         d["slices"] = [part_json(r, "slice", slices, p) for p in slices.parts]
-    if r.summary is not None:
+    if r.status != "skipped":
         d["gate"] = r.gate
     d["status"] = r.status
     if r.reason:
