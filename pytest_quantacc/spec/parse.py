@@ -15,7 +15,7 @@ import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
 from .node import FILE, FILE_OR_FOLDER, Node, kind_of, path_problem, read_bounded, shown, shown_path
 from .preprocess import Preprocess, parse_preprocess
 
@@ -116,6 +116,13 @@ def _baseline(node: Node) -> BaselineGate:
     )
 
 
+def _gate(node: Node) -> Gate:
+    m = node.mapping(("layers", "granularity"))
+    d = Gate()
+    return Gate(layers=m["layers"].choice(GATE_LAYERS) if "layers" in m else d.layers,
+                granularity=m["granularity"].choice(GATE_GRANULARITIES) if "granularity" in m else d.granularity)
+
+
 def _quantization(node: Node) -> Quantization:
     keys = ("method", "percentile", "per_channel", "reduce_range", "activations", "weights", "exclude_nodes",
             "exclude_op_types", "overrides")
@@ -148,7 +155,7 @@ def _quantization(node: Node) -> Quantization:
 
 def _model(node: Node, index: int, spec: Path) -> ModelSpec:
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline")
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "gate")
     m = node.mapping(keys, required=("name", "model", "calibration"))
     name = m["name"].string()
     problem = name_problem(name)
@@ -203,6 +210,7 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         preprocess=preprocess,
         accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
+        gate=_gate(m["gate"]) if "gate" in m else Gate(),
     )
 
 
