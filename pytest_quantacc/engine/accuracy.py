@@ -16,6 +16,7 @@ from ..convert.workdir import Artifacts
 from ..graph.structure import FLOAT_TYPES, elem_types
 from ..samples import Samples
 from ..spec.model import ModelSpec
+from ..spec.node import shown
 from .results import AccuracyResult
 from .runner import Runner
 from .usercode import import_user_module
@@ -49,7 +50,8 @@ def _output(mspec: ModelSpec, model: onnx.ModelProto) -> str:
     wanted = mspec.evaluation.output
     if wanted is not None:
         if wanted not in names:
-            raise mspec.error("evaluation.output", f"the model has no output {wanted!r}; its outputs: {', '.join(names)}")
+            raise mspec.error("evaluation.output", f"the model has no output {shown(wanted)}; its outputs: "
+                                                  f"{', '.join(names)}")
         return wanted
     types = elem_types(model)
     floats = [n for n in names if types.get(n) in FLOAT_TYPES]

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import QuantaccInputError
 from ..spec.dumps import DumpSpec, QuantParams
+from ..spec.node import shown
 
 
 
@@ -72,7 +73,7 @@ class DumpReader:
                         name = hit.expand(target)
                     except (re.error, IndexError) as exc:  # the parser checks group references; escapes too
                         raise QuantaccInputError(self.spec_path, f"{self.dspec.key}.names",
-                                                 f"{target!r} for {pattern!r}: {exc}") from None
+                                                 f"{shown(target)} for {shown(pattern)}: {exc}") from None
                     break
             elif fnmatch.fnmatchcase(dump_name, pattern):
                 name = target

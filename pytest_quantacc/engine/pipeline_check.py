@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ..convert.fold import MISTAKES, reference
+from ..spec.node import shown
 from .results import PipelineResult, Suspect
 from .usercode import import_user_module
 
@@ -31,7 +32,7 @@ def _load_hook(mspec) -> Callable[[np.ndarray], np.ndarray]:
         raise mspec.error(key, f"cannot import {p.hook.name}: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, p.function, None)
     if not callable(fn):
-        raise mspec.error(key, f"{p.hook.name} has no function {p.function!r}")
+        raise mspec.error(key, f"{p.hook.name} has no function {shown(p.function)}")
     return fn
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .node import shown
+
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -66,7 +68,7 @@ def parse_preprocess(node) -> Preprocess:
         text = m["hook"].string()
         file, sep, function = text.rpartition(":")
         if not sep or not file.endswith(".py") or not function.isidentifier():
-            raise m["hook"].fail(f"{text!r}: expected 'module.py:function' (a path relative to the spec)")
+            raise m["hook"].fail(f"{shown(text)}: expected 'module.py:function' (a path relative to the spec)")
         hook = type(m["hook"])(m["hook"].spec, m["hook"].key, file).path()
     color = m["color"].choice(COLORS) if "color" in m else "RGB"
     return Preprocess(
