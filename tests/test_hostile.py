@@ -983,3 +983,52 @@ def test_hostile_spec_file(project: Project, what: str) -> None:
     assert_clean(o)
     assert o.ret == pytest.ExitCode.TESTS_FAILED, f"exit code {o.ret}\n{o.out[-3000:]}"
     assert f"{project.spec}: " in o.out and phrase in o.out, o.out[-3000:]
+
+
+# --------------------------------------------------------------------------------------------------------
+# the guards themselves, without pytest around them
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_hash_file_opens_only_regular_files(tmp_path: Path) -> None:
+    """Class 1: the cache's hashing refuses a FIFO (no writer: an open would block), a folder and /dev/zero (an
+    endless read) before reading a byte, and still hashes a regular file."""
+    import hashlib
+
+    from pytest_quantacc.convert.workdir import NotRegularFile, hash_file
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "dir").mkdir()
+    t0 = time.perf_counter()
+    for odd in (tmp_path / "pipe", tmp_path / "dir", Path("/dev/zero")):
+        with pytest.raises(NotRegularFile):
+            hash_file(odd)
+    assert time.perf_counter() - t0 < 1.0
+    (tmp_path / "f").write_bytes(b"abc")
+    assert hash_file(tmp_path / "f") == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_placeholders_are_substituted_literally() -> None:
+    """Class 4: a value is inserted as it is (a path holding braces stays a path); doubled braces are braces."""
+    from pytest_quantacc.spec.dumps import substitute
+
+    fields = {"out": "/w/{model}:x", "model": "m.onnx"}
+    assert substitute("--out={out}/{{n}}", fields) == "--out=/w/{model}:x/{n}"
+    assert substitute("{model}{out}", fields) == "m.onnx/w/{model}:x"
+
+
+def test_shown_is_bounded_for_any_value() -> None:
+    """Class 2: the one repr every message uses stays short, and fast, for values no repr could print whole."""
+    from pytest_quantacc.spec.node import SHOWN_CHARS, shown
+
+    leaf: list = ["lol"] * 9
+    for _ in range(30):  # 9 ** 30 leaves through shared references, like a YAML alias bomb
+        leaf = [leaf] * 9
+    cyclic: list = []
+    cyclic.append(cyclic)
+    t0 = time.perf_counter()
+    values = [leaf, cyclic, "x" * 10_000_000, 10 ** 5000, {"k" * 1000: leaf}, b"\0" * 10_000_000]
+    texts = [shown(v) for v in values]
+    assert time.perf_counter() - t0 < 0.5
+    assert all(len(text) <= SHOWN_CHARS + 3 for text in texts), [len(text) for text in texts]
+    assert texts[2].startswith("'xxxx") and texts[3] == "<int>"

@@ -65,9 +65,10 @@ def hash_file(path: Path, known: dict | None = None) -> str:
         return hit[2]
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFile(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFile(f"{path} is not a regular file")
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     if known is not None:
