@@ -429,6 +429,14 @@ def _dump_files(project: Project, folder: str, nan: bool = False) -> str:
     return folder
 
 
+def _fifo_in_dumps(project: Project) -> str:
+    """A dump folder whose fourth sample's .npz is a FIFO (np.load would wait for a writer forever)."""
+    folder = _dump_files(project, "dumps")
+    (project.path / folder / "sample_0003.npz").unlink()
+    os.mkfifo(project.path / folder / "sample_0003.npz")
+    return folder
+
+
 SIMULATOR = '''
 """A vendor simulator stand-in: writes relu1_out dumps for each sample in {inputs}; misbehaves on request."""
 import pathlib, subprocess, sys, time
@@ -562,6 +570,8 @@ CATALOGUE = [
          "hdir.py", "directory"),
     case(1, "dumps-path-is-a-file", lambda p: p.entry(dumps={"fixed": {"path": "data/eval.npz", "format": "npz"}}),
          "models[0].dumps.fixed.path", "eval.npz", "not a folder"),
+    case(1, "dump-file-is-a-fifo", lambda p: p.entry(dumps={"fixed": {"path": _fifo_in_dumps(p), "format": "npz"}}),
+         "models[0].dumps.fixed", "sample_0003.npz", "not a regular file", child=True),
     # 2. error messages embed repr() of the offending value
     case(2, "alias-bomb-6-levels-as-method", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
          "    calibration: {data: data/calib.npz}\n    quantization: {method: " + _bomb(6) + "}\n",

@@ -57,6 +57,9 @@ class DumpReader:
             what = "sample folders of .npy files"
         if not self.samples:
             raise self.fail(f"{folder} holds no {what}")
+        odd = next((p for p in self.samples if dspec.format == "npz" and not p.is_file()), None)
+        if odd is not None:  # a folder, a FIFO or a device named like a dump: np.load would fail, block or never end
+            raise self.fail(f"{odd} is not a regular file (every .npz in the dump folder is one sample's dump)")
         self.unmatched: set[str] = set()
 
     def fail(self, problem: str) -> QuantaccInputError:
@@ -107,6 +110,8 @@ class DumpReader:
                 raise self.fail(f"cannot read dump {sample}: {exc}") from None
             return out
         for f in sorted(sample.glob("*.npy")):
+            if not f.is_file():
+                raise self.fail(f"{f} is not a regular file (every .npy in a sample folder is one dumped tensor)")
             try:
                 take(f.stem, lambda f=f: np.load(f, allow_pickle=False), str(f))
             except (OSError, ValueError, EOFError) as exc:
