@@ -1042,3 +1042,19 @@ def test_shown_is_bounded_for_any_value() -> None:
     assert time.perf_counter() - t0 < 0.5
     assert all(len(text) <= SHOWN_CHARS + 3 for text in texts), [len(text) for text in texts]
     assert texts[2].startswith("'xxxx") and texts[3] == "<int>"
+
+
+def test_unexpected_collection_error_is_one_failed_item(project: Project) -> None:
+    """Class 3: an exception nobody anticipated while collecting a model (here the model's work folder is a
+    file, so creating it fails) is one failed ``convert`` item naming the spec and the model entry; the other
+    models are collected and run."""
+    from pytest_quantacc import load_spec
+    from pytest_quantacc.convert.workdir import workdir_for
+
+    project.write_spec(project.entry())
+    blocked = workdir_for(project.work, load_spec(project.spec).models[0])
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder")
+    o = project.run()
+    assert_handled(project, o, "models[0]", "collection failed: FileExistsError")
+    assert re.search(rf"^{re.escape(SPEC)}::bad::convert FAILED", o.out, re.M), o.out[-3000:]
