@@ -1,0 +1,111 @@
+"""The shipped JSON Schema of the spec: valid draft 2020-12, accepts every example spec, rejects wrong ones."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pytest_quantacc
+
+jsonschema = pytest.importorskip("jsonschema")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = Path(pytest_quantacc.__file__).parent / "spec" / "schema.json"
+EXAMPLES = sorted(p for p in (ROOT / "example_project").rglob("*.yaml") if "quantacc:" in p.read_text())
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def _errors(validator, spec) -> list[str]:
+    return sorted(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(spec))
+
+
+def test_examples_found():
+    assert {p.name for p in EXAMPLES} >= {"quantacc.yaml", "quantacc_dumps.yaml", "quantacc_outlier.yaml",
+                                          "quantacc_pipeline.yaml"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_example_specs_validate(validator, path):
+    assert _errors(validator, yaml.safe_load(path.read_text())) == []
+
+
+GOOD = {"quantacc": 1, "models": [{"name": "m", "model": "m.onnx", "calibration": {"data": "c.npz"}}]}
+
+
+def _bad(path: str, value, delete: bool = False) -> dict:
+    spec = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = spec["models"][0]
+    for p in parents:
+        node = node.setdefault(p, {})
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return spec
+
+
+@pytest.mark.parametrize("spec, where", [
+    (_bad("quantization.methd", "minmax"), "models/0/quantization"),
+    (_bad("quantization.method", "kl"), "models/0/quantization/method"),
+    (_bad("quantization.activations", "int4"), "models/0/quantization/activations"),
+    (_bad("quantization.per_channel", "yes"), "models/0/quantization/per_channel"),
+    (_bad("thresholds.cos", 1.5), "models/0/thresholds/cos"),
+    (_bad("modes", ["float"]), "models/0/modes"),
+    (_bad("modes", ["float", "fixed", "fixed"]), "models/0/modes"),
+    (_bad("name", "a/b"), "models/0/name"),
+    (_bad("calibration", None, delete=True), "models/0"),
+    (_bad("known_bad", [{"layer": "conv1"}]), "models/0/known_bad/0"),
+    (_bad("dumps", {"fixed": {"path": "d", "command": ["x"]}}), "models/0/dumps/fixed"),
+    (_bad("dumps", {"fixed": {"path": "d", "timeout": 5}}), "models/0/dumps/fixed"),
+    (_bad("dumps", {"offline": {"path": "d"}}), "models/0/dumps"),
+    (_bad("preprocess", {"std": [1, 2, 3], "scale": 0.5}), "models/0/preprocess"),
+    (_bad("modes", ["float", "original"]), "models/0"),
+    (_bad("accuracy", {"metric": "top1"}), "models/0/accuracy"),
+    ({**GOOD, "quantacc": 2}, "quantacc"),
+    ({**GOOD, "model": "x.onnx"}, ""),
+])
+def test_wrong_specs_are_rejected(validator, spec, where):
+    errors = _errors(validator, spec)
+    assert errors and any(e.split(": ")[0] == where for e in errors), errors
+
+
+def test_defaults_may_carry_what_entries_need(validator):
+    spec = {"quantacc": 1, "defaults": {"calibration": {"data": "c.npz"}, "thresholds": {"cos": 0.98}},
+            "models": [{"name": "a", "model": "a.onnx"}, {"name": "b", "model": "b.onnx"}]}
+    assert _errors(validator, spec) == []
+    del spec["defaults"]["calibration"]
+    assert _errors(validator, spec) == ["models/0: 'calibration' is a required property",
+                                        "models/1: 'calibration' is a required property"]  # each entry, at once
+
+
+def test_every_key_the_contract_documents_is_in_the_schema():
+    """The YAML examples of docs/CONTRACT.md sections 2, 8 and 10 name every key; each must be a schema key."""
+    text = (ROOT / "docs" / "CONTRACT.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    documented = {m for b in blocks for m in re.findall(r"^\s*(?:- )?([a-z_]+):", b, re.M)}
+    schema_keys = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            schema_keys.update(node.get("properties", {}))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(SCHEMA_PATH.read_text()))
+    keyed_by_user = {"conv5"}  # an example node name under overrides, not a key of the format
+    assert documented - keyed_by_user - schema_keys == set()
+    assert len(documented) >= 60  # the extraction found the blocks
