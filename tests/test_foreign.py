@@ -102,6 +102,25 @@ def test_quark_layouts(net, acts, weights, domain, opset):
     assert FOLDED in by["n1_DequantizeLinear_Output"].note
 
 
+def test_gemm_stands_for_a_float_matmul_plus_add(net):
+    """Exporters write a Linear as Gemm(transB) where the user's float model has MatMul + Add."""
+    fmodel = onnx.ModelProto()
+    fmodel.CopyFrom(net.model)
+    g = fmodel.graph
+    fc = next(n for n in g.node if n.name == "fc")
+    at = list(g.node).index(fc)
+    g.node.remove(fc)
+    g.node.insert(at, onnx.helper.make_node("MatMul", ["f", "wfc_t"], ["mm"], "fc_matmul"))
+    g.node.insert(at + 1, onnx.helper.make_node("Add", ["mm", "bfc"], ["logits"], "fc_add"))
+    g.initializer.append(numpy_helper.from_array(net.weights["wfc"].T.copy(), "wfc_t"))
+    m = match_foreign(fmodel, fm.quark_style(net))
+    expected = [(("wfc_t", *t[1:]) if t[0] == "wfc" else t) for t in QUARK_PAIRS]
+    assert _triples(m) == expected
+    assert m.by_qdq()["wfc_DequantizeLinear_Output"].perm == (1, 0)
+    assert "Add 'fc_add' is the Gemm's bias" in m.by_qdq()["logits_DequantizeLinear_Output"].note
+    assert ("fc_matmul", "fc") in m.nodes
+
+
 def test_removed_relu_with_a_range_below_zero_is_not_the_relu(net):
     """A Q that does not clip at 0 cannot stand for the removed Relu: the pre-activation is paired instead,
     and conv2 (which reads the unclipped value) has no float counterpart."""

@@ -319,6 +319,7 @@ class _State:
     used: set[int] = field(default_factory=set)  # ids of float nodes already paired
     folded: dict[int, str] = field(default_factory=dict)  # id(QDQ node) -> float BatchNormalization folded in
     float_of: dict[int, onnx.NodeProto] = field(default_factory=dict)  # id(QDQ node) -> float node
+    bias_of: dict[int, str] = field(default_factory=dict)  # id(QDQ Gemm) -> float bias of the Add folded in
 
 
 def match_foreign(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto,
@@ -412,11 +413,19 @@ def _act_inputs(g: _Graph, n: onnx.NodeProto) -> list[str]:
 
 
 def _compatible(fop: str, qop: str) -> bool:
-    return fop == qop or (qop == "FusedConv" and fop == "Conv")
+    """Same op, or the fused form tools emit: FusedConv for Conv, Gemm for a float MatMul (+ Add)."""
+    return fop == qop or (qop == "FusedConv" and fop == "Conv") or (qop == "Gemm" and fop == "MatMul")
+
+
+def _gemm_weight_perm(n: onnx.NodeProto, qg: _Graph) -> tuple[int, ...] | None:
+    """A Gemm with transB holds a MatMul's [K, N] weight as [N, K]: the permutation from float to QDQ."""
+    return (1, 0) if qg.attrs(n).get("transB", 0) else None
 
 
 def _same_shape_consts(f: onnx.NodeProto, n: onnx.NodeProto, fg: _Graph, qg: _Graph) -> bool:
     """Weights at the same input positions have the same shape (a folded BN keeps the weight's shape)."""
+    if f.op_type != n.op_type:
+        return True
     for fi, qi in zip(f.input, n.input):
         if fi in fg.const and qi in qg.const:
             fa, qa = fg.array(fi), _weight_shape(qg, qi)
@@ -565,6 +574,10 @@ def _fold_chain(n, f, fo: str, qo: str, fg: _Graph, qg: _Graph, st: _State) -> t
             notes.append(f"BatchNormalization {fg.label(g)!r} folded in")
         elif g.op_type in ("Relu", "Clip") and g.op_type not in q_next and _clips_like(g, n, qo, fg, qg):
             notes.append(f"{g.op_type} {fg.label(g)!r} fused")
+        elif (g.op_type == "Add" and n.op_type == "Gemm" and f.op_type == "MatMul" and tail == fo
+              and len(n.input) > 2 and n.input[2] and "Add" not in q_next and any(i in fg.const for i in g.input)):
+            st.bias_of[id(n)] = next(i for i in g.input if i in fg.const)
+            notes.append(f"Add {fg.label(g)!r} is the Gemm's bias")
         else:
             break
         st.used.add(id(g))
@@ -634,6 +647,9 @@ def _weights(n, f, fg: _Graph, qg: _Graph, st: _State, pairs: list, unmatched: l
             continue
         t = dq.output[0]
         fi = f.input[pos] if pos < len(f.input) else ""
+        perm = _gemm_weight_perm(n, qg) if (f.op_type, n.op_type, pos) == ("MatMul", "Gemm", 1) else None
+        if (f.op_type, n.op_type, pos) == ("MatMul", "Gemm", 2):
+            fi = st.bias_of.get(id(n), "")
         if id(n) in st.folded:
             unmatched.append(Unmatched(t, f"input {pos} of {n.op_type} {qg.label(n)!r}, which has "
                                           f"BatchNormalization {st.folded[id(n)]!r} folded in: its values differ "
@@ -643,8 +659,10 @@ def _weights(n, f, fg: _Graph, qg: _Graph, st: _State, pairs: list, unmatched: l
                                           f"float node {fg.label(f)!r} has no constant there"))
         else:
             fa, shape = fg.array(fi), _weight_shape(qg, qi)
+            if fa is not None and perm is not None:
+                fa = np.transpose(fa, perm)
             if fa is not None and shape is not None and tuple(fa.shape) != shape:
                 unmatched.append(Unmatched(t, f"weight shape {list(shape)} differs from the float weight "
                                               f"{fg.root(fi)!r} {list(fa.shape)}"))
             else:
-                pairs.append(TensorPair(fg.root(fi), t, _params(qg, dq), "weight", "structure"))
+                pairs.append(TensorPair(fg.root(fi), t, _params(qg, dq), "weight", "structure", perm))
