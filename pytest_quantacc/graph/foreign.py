@@ -200,7 +200,6 @@ class _Graph:
                 if i:
                     self.consumers.setdefault(i, []).append(n)
         self.inputs = [v for v in g.input if v.name not in self.values]
-        self.outputs = [v.name for v in g.output]
         self.const: set[str] = set(self.values)
         for n in self.nodes:  # in topological order, as ONNX requires
             if all(i in self.const for i in n.input if i):
@@ -318,7 +317,6 @@ class _State:
     reason: dict[str, str] = field(default_factory=dict)  # why a QDQ tensor has no float origin
     used: set[int] = field(default_factory=set)  # ids of float nodes already paired
     folded: dict[int, str] = field(default_factory=dict)  # id(QDQ node) -> float BatchNormalization folded in
-    float_of: dict[int, onnx.NodeProto] = field(default_factory=dict)  # id(QDQ node) -> float node
     bias_of: dict[int, str] = field(default_factory=dict)  # id(QDQ Gemm) -> float bias of the Add folded in
 
 
@@ -477,8 +475,8 @@ def _candidates(n: onnx.NodeProto, fg: _Graph, qg: _Graph, st: _State, origins: 
         if ok and _same_shape_consts(f, n, fg, qg):
             out.append(f)
     if len(out) > 1:  # same op on the same inputs: attributes, then the weights' values decide
-        same = [f for f in out if {k: v for k, v in fg.attrs(f).items()} == {
-            k: v for k, v in qg.attrs(n).items() if k != "activation"}]
+        want = {k: v for k, v in qg.attrs(n).items() if k != "activation"}
+        same = [f for f in out if fg.attrs(f) == want]
         out = same or out
     if len(out) > 1:
         scored = sorted(((_weight_cos(f, n, fg, qg), i, f) for i, f in enumerate(out)),
@@ -549,7 +547,6 @@ def _carry_transpose(n, qg: _Graph, st: _State, ft: str, perm: tuple[int, ...] |
 
 def _bind(n, f, fg: _Graph, qg: _Graph, st: _State, how: str, perm: tuple[int, ...] | None = None) -> None:
     st.used.add(id(f))
-    st.float_of[id(n)] = f
     for fo, qo in zip(f.output, n.output):
         if not qo:
             continue
@@ -630,7 +627,6 @@ def _numeric_bind(n, fg: _Graph, qg: _Graph, st: _State, vals: _Values, cands: l
         return None
     best_cos, tail, f = scored[0]
     st.used.add(id(f))
-    st.float_of[id(n)] = f
     st.origin[n.output[0]] = (tail, None)
     st.how[n.output[0]] = "numeric"
     st.note[n.output[0]] = f"cos {best_cos:.6f} on the sample"
