@@ -273,6 +273,11 @@ def test_quantization_kind(net, tmp_path):
     k = quantization_kind(fm.quark_style(net, "uint16", "int8", "com.microsoft", 17))
     assert k.kind == "qdq" and dict(k.ops) == {"QuantizeLinear": 8, "DequantizeLinear": 14}
     assert k.describe() == "QDQ model (8 QuantizeLinear, 14 DequantizeLinear)"
+    vendor = fm.quark_style(net)
+    for n in vendor.graph.node:
+        if n.op_type == "QuantizeLinear":
+            n.op_type, n.domain = "VitisQuantizeLinear", "com.vai.quantize"
+    assert quantization_kind(vendor).ops == (("DequantizeLinear", 14), ("VitisQuantizeLinear", 8))
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -11,7 +11,9 @@ tensors already paired with its own inputs. On top of that it tolerates what too
 * BatchNormalization folded into the Conv/Gemm/MatMul before it;
 * Relu/Clip removed because the quantization range already clips (ONNX Runtime and Quark remove them when
   the activation is asymmetric uint8), or fused into ``com.microsoft`` ``FusedConv``;
-* extra Transpose nodes (carried as a permutation; back-to-back inverse Transposes cancel) and Cast nodes;
+* a Gemm (transB) where the float model has MatMul + Add (the weight pair carries the permutation);
+* extra Transpose nodes (carried as a permutation through elementwise ops; an inverse Transpose cancels it)
+  and float Cast nodes (float16 islands);
 * Q/DQ pairs on graph inputs and outputs, weights kept float with Q/DQ on them or folded into integer
   initializers + DequantizeLinear, per-channel axes, 4/8/16-bit types, ``com.microsoft`` Q/DQ.
 
@@ -93,10 +95,13 @@ def quantization_kind(model: onnx.ModelProto) -> QuantizationKind:
     Precedence matters because the formats overlap: a QOperator model also has QuantizeLinear at its inputs
     and DequantizeLinear at its outputs, and a dynamic model has no static Q/DQ pairs at all. So integer
     kernels (``QLinear*``, ``QGemm``, weight-only ``MatMulNBits``) make it ``qoperator``, dynamic ops make it
-    ``dynamic``, and only Q/DQ nodes (any domain) make it ``qdq``.
+    ``dynamic``, and only Q/DQ nodes (any domain, and vendor ops named ``*QuantizeLinear`` /
+    ``*DequantizeLinear``) make it ``qdq``.
     """
     counts = Counter(n.op_type for n in _all_nodes(model.graph))
-    for kind, names in (("qoperator", QOPERATOR_OPS), ("dynamic", DYNAMIC_OPS), ("qdq", QDQ_OPS)):
+    # vendor Q/DQ ops (Quark's ExtendedQuantizeLinear / VitisQuantizeLinear, ModelOpt's TRT_FP8QuantizeLinear)
+    vendor = tuple(sorted(op for op in counts if op.endswith(QDQ_OPS) and op not in QDQ_OPS))
+    for kind, names in (("qoperator", QOPERATOR_OPS), ("dynamic", DYNAMIC_OPS), ("qdq", QDQ_OPS + vendor)):
         found = tuple((op, counts[op]) for op in names if counts[op])
         if found:
             if kind != "qdq":  # say what else is there too: the user may not know the model has both
