@@ -7,12 +7,9 @@ import pytest
 from onnx import numpy_helper
 
 import foreign_models as fm
+from pytest_quantacc.engine.metrics import tensor_metrics
 from pytest_quantacc.graph.foreign import dequantize, match_foreign, quantization_kind
 
-try:  # the restructure moves the metrics into the engine package
-    from pytest_quantacc.engine.metrics import tensor_metrics
-except ModuleNotFoundError:
-    from pytest_quantacc.metrics import tensor_metrics
 
 FOLDED = "BatchNormalization 'bn1' folded in"
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 import foreign_models as fm
 
-try:
-    from pytest_quantacc.convert.ort_options import BY_NAME, OPTIONS, validate_extra_options
-except ModuleNotFoundError:  # before the restructure, pytest_quantacc.convert is a module: load the file itself
-    import pytest_quantacc
-
-    _spec = importlib.util.spec_from_file_location(
-        "ort_options", Path(pytest_quantacc.__file__).parent / "convert" / "ort_options.py")
-    ort_options = importlib.util.module_from_spec(_spec)
-    sys.modules["ort_options"] = ort_options  # dataclasses look their module up there
-    _spec.loader.exec_module(ort_options)
-    BY_NAME, OPTIONS, validate_extra_options = ort_options.BY_NAME, ort_options.OPTIONS, ort_options.validate_extra_options
+from pytest_quantacc.convert.ort_options import BY_NAME, OPTIONS, validate_extra_options
 
 
 class Fail(Exception):
