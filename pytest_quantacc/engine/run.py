@@ -10,12 +10,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
+
+from ..convert.adopt import adopt
 from ..convert.prepare import PreparedModel, prepare
 from ..convert.quantize import quantize
 from ..errors import QuantaccInputError
+from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
-from .results import ModelResult
+from .results import ForeignModel, ModelResult
 
 
 
@@ -32,6 +36,8 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
         from .dump_backend import evaluate_dumps
 
         return evaluate_dumps(mspec, base, threads, memory_budget)
+    if mspec.quantized is not None:
+        return evaluate_foreign(mspec, base, threads, memory_budget, prepared)
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -52,6 +58,51 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
         except QuantaccInputError as exc:
             return ModelResult(mspec, artifacts, error=exc, seconds=seconds)
     return replace(result, seconds=seconds)
+
+
+QOPERATOR_OUTPUTS_ONLY = ("a QOperator model computes with fused integer kernels (QLinearConv, ...) that expose no "
+                          "fake-quant tensors to compare layer by layer: only its outputs are compared with the float "
+                          "model's (float vs offline); give a QDQ model for the layer-by-layer gate")
+
+
+def evaluate_foreign(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
+                     prepared: PreparedModel | None = None) -> ModelResult:
+    """The user's own quantized model (``quantized:``) in place of our conversion, compared the same way.
+
+    The float model is prepared as always; the QDQ model's tensors are paired with it by structure
+    (graph/foreign.py, the first evaluation sample deciding where structure cannot) and the pairs become the
+    layers the ONNX Runtime backend compares. A QOperator model is compared on its outputs only.
+    """
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        prepared = prepared or prepare(mspec, base)
+        evals = prepared.evaluation
+        artifacts, kind = adopt(mspec, prepared.float_model)
+        seconds["convert"] = time.perf_counter() - t0
+    except QuantaccInputError as exc:
+        return ModelResult(mspec, error=exc, seconds=seconds)
+    t0 = time.perf_counter()
+    float_model = onnx.load(str(artifacts.float_model), load_external_data=False)
+    if kind.kind == "qoperator":
+        if not {"float", "offline"} <= set(mspec.modes):
+            return ModelResult(mspec, artifacts, error=mspec.error("modes", f"{mspec.quantized.name} is a "
+                               f"{kind.describe()}: it is compared on its outputs, float vs offline; list both modes"),
+                               seconds=seconds)
+        result = simulate(mspec, artifacts, evals, threads, memory_budget,
+                          ForeignLayers((), {}), {"float", "offline"})
+        info = ForeignModel(mspec.quantized, kind.describe(), outputs_only=QOPERATOR_OUTPUTS_ONLY)
+        result = replace(result, quantized_layers=sum(n for op, n in kind.ops if op not in ("QuantizeLinear",
+                                                                                             "DequantizeLinear")))
+    else:
+        qdq_model = onnx.load(str(artifacts.fixed_model))
+        match = match_foreign(float_model, qdq_model, next(iter(evals), None))
+        result = simulate(mspec, artifacts, evals, threads, memory_budget,
+                          foreign_layers(float_model, qdq_model, match))
+        info = ForeignModel(mspec.quantized, kind.describe(),
+                            tuple((u.qdq_tensor, u.reason) for u in match.unmatched))
+    seconds["simulate"] = time.perf_counter() - t0
+    return replace(result, foreign=info, seconds=seconds)
 
 
 def evaluate(spec: Spec, base: Path, threads: int = 0, memory_budget: int | None = None) -> list[ModelResult]:

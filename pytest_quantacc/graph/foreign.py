@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .match import Layer, QParams, float_layers
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 QOPERATOR_OPS = (
     "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
@@ -321,7 +323,9 @@ class _State:
     note: dict[str, str] = field(default_factory=dict)
     reason: dict[str, str] = field(default_factory=dict)  # why a QDQ tensor has no float origin
     used: set[int] = field(default_factory=set)  # ids of float nodes already paired
-    folded: dict[int, str] = field(default_factory=dict)  # id(QDQ node) -> float BatchNormalization folded in
+    folded: dict[int, str] = field(default_factory=dict)  # id(QDQ node) -> which BatchNormalization is folded where
+    # id(QDQ BatchNormalization) -> the float node that has it folded in, and that node's output
+    unfolded: dict[int, tuple[onnx.NodeProto, str]] = field(default_factory=dict)
     bias_of: dict[int, str] = field(default_factory=dict)  # id(QDQ Gemm) -> float bias of the Add folded in
 
 
@@ -357,6 +361,10 @@ def match_foreign(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto,
                 _report(n, qg, st, pairs, unmatched)
             continue
         if all(i in qg.const for i in n.input if i):
+            continue
+        if id(n) in st.unfolded:
+            f = _bind_unfolded(n, fg, qg, st, pairs, unmatched)
+            nodes.append((fg.label(f), qg.label(n)))
             continue
         f = _match_node(n, fg, qg, st, numeric)
         if f is None:
@@ -555,11 +563,38 @@ def _bind(n, f, fg: _Graph, qg: _Graph, st: _State, how: str, perm: tuple[int, .
     for fo, qo in zip(f.output, n.output):
         if not qo:
             continue
+        after = qg.compute_consumers(qo, QDQ_OPS)
+        if (n.op_type in FOLDS_BN and len(after) == 1 and after[0].op_type == "BatchNormalization"
+                and not any(c.op_type == "BatchNormalization" for c in fg.compute_consumers(fo, ()))):
+            # The float model has this BatchNormalization folded in (float.onnx always does), the QDQ model
+            # not: the value before it exists only here, and the BatchNormalization's output is the float one.
+            bn = after[0]
+            st.reason[qo] = (f"output of {n.op_type} {qg.label(n)!r} before BatchNormalization {qg.label(bn)!r}, "
+                             f"which the float model has folded into {fg.label(f)!r}: no float tensor holds it")
+            st.folded[id(n)] = f"BatchNormalization {qg.label(bn)!r} after it, folded into the float model's node"
+            st.unfolded[id(bn)] = (f, fo)
+            continue
         tail, note = _fold_chain(n, f, fo, qo, fg, qg, st)
         st.origin[qo] = (tail, perm)
         st.how[qo] = how
         if note:
             st.note[qo] = note
+
+
+def _bind_unfolded(bn, fg: _Graph, qg: _Graph, st: _State, pairs: list, unmatched: list) -> onnx.NodeProto:
+    """A BatchNormalization the float model has folded into ``f``: its output is ``f``'s; its parameters have
+    no float counterpart."""
+    f, fo = st.unfolded[id(bn)]
+    tail, note = _fold_chain(bn, f, fo, bn.output[0], fg, qg, st)
+    st.origin[bn.output[0]] = (tail, None)
+    st.how[bn.output[0]] = "structure"
+    st.note[bn.output[0]] = "; ".join(x for x in (f"folded into {fg.label(f)!r} in the float model", note) if x)
+    for pos, qi in enumerate(bn.input[1:], 1):
+        dq = qg.producer.get(qg.root(qi)) if qi in qg.const else None
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            unmatched.append(Unmatched(dq.output[0], f"input {pos} of BatchNormalization {qg.label(bn)!r}, which the "
+                                                     f"float model has folded into {fg.label(f)!r}"))
+    return f
 
 
 def _fold_chain(n, f, fo: str, qo: str, fg: _Graph, qg: _Graph, st: _State) -> tuple[str, str]:
@@ -572,7 +607,7 @@ def _fold_chain(n, f, fo: str, qo: str, fg: _Graph, qg: _Graph, st: _State) -> t
             break
         g = cons[0]
         if g.op_type == "BatchNormalization" and n.op_type in FOLDS_BN and "BatchNormalization" not in q_next:
-            st.folded[id(n)] = fg.label(g)
+            st.folded[id(n)] = f"BatchNormalization {fg.label(g)!r} folded in"
             notes.append(f"BatchNormalization {fg.label(g)!r} folded in")
         elif g.op_type in ("Relu", "Clip") and g.op_type not in q_next and _clips_like(g, n, qo, fg, qg):
             notes.append(f"{g.op_type} {fg.label(g)!r} fused")
@@ -653,7 +688,7 @@ def _weights(n, f, fg: _Graph, qg: _Graph, st: _State, pairs: list, unmatched: l
             fi = st.bias_of.get(id(n), "")
         if id(n) in st.folded:
             unmatched.append(Unmatched(t, f"input {pos} of {n.op_type} {qg.label(n)!r}, which has "
-                                          f"BatchNormalization {st.folded[id(n)]!r} folded in: its values differ "
+                                          f"{st.folded[id(n)]}: its values differ "
                                           "from the float model's by design"))
         elif not fi or fi not in fg.const:
             unmatched.append(Unmatched(t, f"input {pos} of {n.op_type} {qg.label(n)!r} is constant, but the "
@@ -667,3 +702,54 @@ def _weights(n, f, fg: _Graph, qg: _Graph, st: _State, pairs: list, unmatched: l
                                               f"{fg.root(fi)!r} {list(fa.shape)}"))
             else:
                 pairs.append(TensorPair(fg.root(fi), t, _params(qg, dq), "weight", "structure", perm))
+
+
+# ------------------------------------------------------------------------------------------ engine layers
+
+
+@dataclass(frozen=True)
+class ForeignLayers:
+    """A foreign QDQ model seen the way the engine sees our own conversion.
+
+    ``layers`` has one entry per float layer output (graph order), pointing at the DequantizeLinear output and
+    the QuantizeLinear output that carry it, or saying why nothing does; ``float_of`` maps the QDQ model's
+    tensors that QuantizeLinear nodes read to the float tensors they stand for (and the permutation that lays
+    the float tensor out as the QDQ model holds it), so the own-error pass can feed float values in their place.
+    """
+
+    layers: tuple[Layer, ...]
+    float_of: Mapping[str, tuple[str, tuple[int, ...] | None]]
+
+
+NOT_IN_QDQ = ("no QuantizeLinear/DequantizeLinear pair of the quantized model carries this tensor (its tool "
+              "left it in float or merged the node into the next one)")
+
+
+def foreign_layers(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, match: ForeignMatch) -> ForeignLayers:
+    """The engine's layer list from ``match_foreign``'s pairs (activation pairs only; weights are not layers).
+
+    A float tensor quantized several times (a Q/DQ pair per consumer, as TensorRT-style exports do) is compared
+    at its first pair in the QDQ model's order, one without a transpose preferred.
+    """
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    best: dict[str, TensorPair] = {}
+    for p in match.activations():
+        if p.float_tensor not in best or (best[p.float_tensor].perm is not None and p.perm is None):
+            best[p.float_tensor] = p
+    float_of: dict[str, tuple[str, tuple[int, ...] | None]] = {}
+    layers = []
+    for position, (name, op_type, tensor) in enumerate(float_layers(float_model)):
+        p = best.get(tensor)
+        if p is None:
+            layers.append(Layer(name, op_type, tensor, position, skip=NOT_IN_QDQ))
+            continue
+        dq = producer[p.qdq_tensor]
+        q = producer.get(dq.input[0])
+        quant = dq.input[0] if q is not None and q.op_type.endswith("QuantizeLinear") else None
+        if quant is not None:
+            float_of[q.input[0]] = (tensor, p.perm)
+        float_of[p.qdq_tensor] = (tensor, p.perm)
+        qp = p.params
+        layers.append(Layer(name, op_type, tensor, position, fixed_tensor=p.qdq_tensor, quant_tensor=quant,
+                            qparams=QParams(qp.dtype, qp.scale, qp.zero_point, qp.axis), perm=p.perm))
+    return ForeignLayers(tuple(layers), float_of)

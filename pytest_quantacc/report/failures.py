@@ -74,6 +74,8 @@ def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult)
     s = r.summary
     lines = [f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}",
              f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
+    if result.foreign is not None and result.foreign.outputs_only:
+        lines.append(f"  {result.foreign.path.name}: {result.foreign.outputs_only}")
     fx = result.comparison("float", "fixed")
     if fx is not None:
         lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(
@@ -99,7 +101,9 @@ def agreement_text(result: ModelResult) -> str:
     if first is not None and first is not worst:
         head += (f"\nfirst tensor beyond the gate (graph order; later tensors inherit its difference): "
                  f"{first.tensor}: {100 * first.mismatch_rate:.2f}%, max {first.max_steps} steps")
-    hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range)
+    # The hints name our conversion's settings: they say nothing about a model another tool quantized.
+    hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range) \
+        if result.foreign is None else []
     return "\n".join([head, "", "step differences per tensor (element counts):", table]
                      + ([""] + [f"hint: {h}" for h in hints] if hints else []))
 

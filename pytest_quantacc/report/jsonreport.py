@@ -57,13 +57,18 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
                            "outputs": [{"tensor": n, "cos": finite(s["cos"]), "rmse": finite(s["rmse"]),
                                         "worst_cos": finite(s.worst["cos"])} for n, s in p.outputs],
                            "suspects": [{"mistake": x.mistake, "cos": x.cos, "fits": x.fits} for x in p.suspects]}
+    if result.foreign is not None:
+        f = result.foreign
+        out["quantized"] = {"model": str(f.path), "kind": f.kind, "compared": "outputs" if f.outputs_only else "layers",
+                            **({"why": f.outputs_only} if f.outputs_only else {})}
+        out["unmatched"] = [{"tensor": t, "reason": why} for t, why in f.unmatched]
     comps = []
     for c in result.comparisons:
         comps.append({
             "reference": c.reference,
             "target": c.target,
             "first_diverging_layer": c.first_diverging.layer.name if c.first_diverging else None,
-            "layers": [layer_json(r) for r in c.layers],
+            "layers": [layer_json(r) | _foreign_tensor(result, r) for r in c.layers],
             **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
                               "contributors": list(c.diagnosis.contributors), "why": list(c.diagnosis.why),
                               "todo": list(c.diagnosis.todo), **diagnosis_json(c.diagnosis)}} if c.diagnosis else {}),
@@ -81,6 +86,13 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
         })
     out["comparisons"] = comps
     return out
+
+
+def _foreign_tensor(result: ModelResult, r: LayerResult) -> dict:
+    """Where a layer is in the user's own quantized model (``quantized:``): its tensor names are the tool's."""
+    if result.foreign is None or r.layer.fixed_tensor is None:
+        return {}
+    return {"qdq_tensor": r.layer.fixed_tensor, **({"perm": list(r.layer.perm)} if r.layer.perm else {})}
 
 
 def diagnosis_json(d) -> dict:

@@ -22,6 +22,13 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
     lines = [f"{name}: {(status or result.status).upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
     if result.memory:
         lines.append(f"  memory: {result.memory}")
+    if result.foreign is not None:
+        f = result.foreign
+        lines.append(f"  quantized by another tool: {f.path.name}, {f.kind}"
+                     + (f"; {len(f.unmatched)} QDQ tensors unmatched" if f.unmatched else ""))
+        lines += [f"    unmatched {t}: {why}" for t, why in f.unmatched]
+        if f.outputs_only:
+            lines.append(f"    outputs only: {f.outputs_only}")
     if result.pipeline is not None:
         p = result.pipeline
         fits = [x.mistake for x in p.suspects if x.fits]

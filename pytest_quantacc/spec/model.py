@@ -156,6 +156,8 @@ class ModelSpec:
     preprocess: Preprocess | None = None  # deployment input folded into the float model
     accuracy: AccuracyGate | None = None
     baseline: BaselineGate = field(default_factory=BaselineGate)
+    # A QDQ model another tool made from ``model``: compared as it is instead of our conversion (no calibration)
+    quantized: Path | None = None
 
     @property
     def key(self) -> str:

@@ -106,14 +106,18 @@ def _quantization(node: Node) -> Quantization:
     )
 
 
-def _model(node: Node, index: int, spec: Path) -> ModelSpec:
+def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> ModelSpec:
+    """One model entry (``node``: merged with the defaults; ``own``: the entry as written, when it differs)."""
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline")
-    m = node.mapping(keys, required=("name", "model", "calibration"))
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "quantized")
+    quantized = isinstance(node.value, Mapping) and "quantized" in node.value
+    m = node.mapping(keys, required=("name", "model") + (("evaluation",) if quantized else ("calibration",)))
     name = m["name"].string()
     if any(c in name for c in "[]/:") or name.strip() != name:
         raise m["name"].fail(f"{name!r} may not contain '[', ']', '/', ':' or surrounding spaces (it is part of test ids)")
-    calibration = _data(m["calibration"])
+    if quantized:
+        _check_quantized(m, own if own is not None else node.value)
+    calibration = _data(m["calibration"]) if "calibration" in m else _data(m["evaluation"], ("labels", "output"))
     modes = MODES
     dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
     if dumps:
@@ -152,7 +156,7 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         model=m["model"].path(),
         calibration=calibration,
         evaluation=evaluation,
-        quantization=_quantization(m["quantization"]) if "quantization" in m else Quantization(),
+        quantization=_quantization(m["quantization"]) if "quantization" in m and not quantized else Quantization(),
         modes=modes,
         thresholds=thresholds,
         layers=tuple(rules),
@@ -162,7 +166,23 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         preprocess=preprocess,
         accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
+        quantized=m["quantized"].path() if quantized else None,
     )
+
+
+def _check_quantized(m: dict[str, Node], own: Mapping) -> None:
+    """``quantized`` replaces our conversion: settings that drive the conversion (or another backend) cannot apply.
+
+    ``quantization`` inherited from ``defaults`` is ignored for such an entry; written in the entry itself it is an
+    error, as any setting that would silently do nothing.
+    """
+    if "quantization" in own:
+        raise m["quantization"].fail("'quantization' configures our conversion; with 'quantized' the model is "
+                                     "already quantized by your tool (remove one of the two)")
+    for key, why in (("dumps", "the dumps stand for the fixed model"),
+                     ("preprocess", "the quantized model was made without the folded preprocessing")):
+        if key in m:
+            raise m[key].fail(f"'{key}' cannot be combined with 'quantized' ({why})")
 
 
 def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[DumpSpec, ...],
@@ -219,7 +239,7 @@ def load_spec(path: str | Path) -> Spec:
                 raise Node(path, f"{entry.key}.name", name).fail(
                     f"duplicate model name {label!r} (also models[{seen[label]}])")
             seen[label] = i
-            models.append(_model(Node(path, entry.key, merged_value), i, path))
+            models.append(_model(Node(path, entry.key, merged_value), i, path, entry.value))
         except QuantaccInputError as exc:
             broken.append(BrokenModel(i, label if label not in seen or seen[label] == i else f"models[{i}]", exc))
     return Spec(path=path, models=tuple(models), broken=tuple(broken))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..convert.prepare import PreparedModel, prepare, prepare_float
-from ..convert.workdir import data_key, digest, file_digest, hash_file, read_manifest, workdir_for
+from ..convert.workdir import data_key, digest, file_digest, hash_file, model_key, read_manifest, workdir_for
 from ..engine.accuracy import task_accuracy
 from ..engine.results import Evaluated, ModelResult
 from ..engine.run import evaluate_model
@@ -157,6 +157,8 @@ def results_key(mspec: ModelSpec, float_key: str, workdir: Path | None = None) -
              str(mspec.calibration.limit), json.dumps(asdict(mspec.quantization), sort_keys=True, default=str),
              data_key(e.path, workdir), str(e.limit),
              ",".join(mspec.modes), str(mspec.offline.tolerance_steps)]
+    if mspec.quantized is not None:  # the user's own quantized model replaces the conversion
+        parts += ["quantized", model_key(mspec.quantized, workdir)]
     if acc is not None:
         parts += [file_digest(e.labels), str(e.output), acc.metric,
                   file_digest(acc.module) if acc.module is not None else ""]

@@ -21,7 +21,8 @@ from ..convert.workdir import Artifacts
 from ..engine.diagnose import diagnose
 from ..engine.judge import apply_inheritance, inherit_outputs, layer_status
 from ..engine.metrics import Agreement, Summary
-from ..engine.results import AccuracyResult, AgreementResult, Comparison, Diagnosis, LayerResult, ModelResult, SKIPPED
+from ..engine.results import (AccuracyResult, AgreementResult, Comparison, Diagnosis, ForeignModel, LayerResult,
+                              ModelResult, SKIPPED)
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, QParams
 from ..spec.model import KnownBad, ModelSpec, Thresholds
@@ -55,7 +56,7 @@ def _layer(d: dict) -> Layer:
     qp = d.get("qparams")
     qparams = QParams(qp["dtype"], tuple(qp["scale"]), tuple(qp["zero_point"]), qp["axis"]) if qp else None
     return Layer(d["name"], d["op_type"], d["tensor"], d["position"], d["fixed_tensor"], d["quant_tensor"], qparams,
-                 d["skip"], d["fused_into"])
+                 d["skip"], d["fused_into"], tuple(d["perm"]) if d.get("perm") is not None else None)
 
 
 def _layer_result(d: dict) -> LayerResult:
@@ -117,6 +118,9 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
         "quantized_layers": result.quantized_layers, "samples": result.samples, "seconds": dict(result.seconds),
         "passes": result.passes, "memory": result.memory, "pipeline": _pipeline_dict(result.pipeline),
         "accuracy": None if accuracy is None else asdict(accuracy),
+        "foreign": None if result.foreign is None else {
+            "path": str(result.foreign.path), "kind": result.foreign.kind,
+            "unmatched": [list(u) for u in result.foreign.unmatched], "outputs_only": result.foreign.outputs_only},
     }
 
 
@@ -132,9 +136,16 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
     error = QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
                          d["quantized_layers"], d["samples"], dict(d["seconds"]),
-                         passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")))
+                         passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")),
+                         foreign=_foreign(d.get("foreign")))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
+
+
+def _foreign(d: dict | None) -> ForeignModel | None:
+    if d is None:
+        return None
+    return ForeignModel(Path(d["path"]), d["kind"], tuple(tuple(u) for u in d["unmatched"]), d["outputs_only"])
 
 
 def _rejudge(c: Comparison, mspec: ModelSpec) -> Comparison:
