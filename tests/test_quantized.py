@@ -87,7 +87,7 @@ def test_metrics_equal_numpy_through_pytest_and_the_json_report(project, pyteste
     report = {m["name"]: m for m in json.loads(out.read_text())["models"]}
     for name, qdq in models.items():
         m = report[name]
-        assert m["status"] == "passed" and m["quantized"]["compared"] == "layers"
+        assert m["status"] == "passed" and "outputs_only" not in m and m["quantized"]["kind"].startswith("QDQ model")
         if name == "ort":  # ORT's quantizer kept bn1; float.onnx has it folded into conv1: said, not dropped
             why = {u["tensor"]: u["reason"] for u in m["unmatched"]}
             assert "before BatchNormalization 'bn1', which the float model has folded into 'conv1'" in \
@@ -141,7 +141,7 @@ def test_qoperator_model_is_compared_on_outputs_only(project, tmp_path):
     assert r.error is None and r.status == "passed"
     assert [(c.reference, c.target) for c in r.comparisons] == [("float", "offline")]
     assert r.agreement is None and "QOperator model (" in r.foreign.kind and "QLinearConv" in r.foreign.kind
-    assert "only its outputs are compared" in r.foreign.outputs_only
+    assert "only its outputs are compared" in r.outputs_only
     assert r.comparisons[0].layers[0].summary["cos"] > 0.99
 
 
@@ -228,3 +228,78 @@ def test_cache_covers_the_quantized_file(project, tmp_path):
     onnx.save(fm.quark_style(net), path)  # same float model, another tool's QDQ model under the same name
     again = evaluate_cached(m, tmp_path / "work")
     assert again.cache == "computed" and again.result.foreign.kind != first.result.foreign.kind
+
+
+# ------------------------------------------------------------------ all of ONNX Runtime's static quantizer
+
+
+def own_entry(d: Path, name: str, **quantization) -> dict:
+    """Our own conversion of the float model, calibrated on the evaluation data (small and quick)."""
+    return {"name": name, "model": str(d / "float.onnx"), "calibration": {"data": str(d / "eval.npz")},
+            "quantization": quantization}
+
+
+def activation_zero_points(path: Path) -> set[int]:
+    m = onnx.load(path)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    weights = {n.input[0] for n in m.graph.node if n.input and n.input[0] in inits}
+    return {int(inits[n.input[2]]) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in weights and inits[n.input[2]].size == 1}
+
+
+def test_extra_options_reach_the_quantizer_and_the_cache_key(project, tmp_path):
+    from pytest_quantacc.store.cache import results_key
+
+    d, _, _ = project
+    spec = load_spec(write_spec(tmp_path / "q.yaml", [
+        own_entry(d, "plain"), own_entry(d, "sym", extra_options={"ActivationSymmetric": True})]))
+    plain, sym = (evaluate_model(m, tmp_path / "work") for m in spec.models)
+    assert plain.error is None and sym.error is None
+    assert len(activation_zero_points(plain.artifacts.fixed_model)) > 1  # asymmetric uint8: zero points vary
+    assert activation_zero_points(sym.artifacts.fixed_model) == {128}  # symmetric uint8: the middle
+    assert results_key(spec.models[0], "k") != results_key(spec.models[1], "k")
+
+
+def test_unknown_extra_option_names_the_key_with_did_you_mean(project, tmp_path):
+    d, _, _ = project
+    spec = load_spec(write_spec(tmp_path / "q.yaml", [
+        own_entry(d, "typo", extra_options={"ActivationSymetric": True}),
+        own_entry(d, "twice", method="percentile", extra_options={"CalibPercentile": 99.0}),
+        own_entry(d, "type", extra_options={"CalibMovingAverage": "yes"})]))
+    errors = [evaluate_model(m, tmp_path / "work").error for m in spec.models]
+    assert errors[0].key == "models[0].quantization.extra_options.ActivationSymetric"
+    assert "did you mean 'ActivationSymmetric'?" in errors[0].problem
+    assert errors[1].key == "models[1].quantization.extra_options.CalibPercentile"
+    assert "quantization.percentile" in errors[1].problem
+    assert errors[2].key == "models[2].quantization.extra_options.CalibMovingAverage"
+    assert "expected true or false" in errors[2].problem
+
+
+def test_distribution_int4_weights_and_qoperator(project, tmp_path, pytester):
+    """method distribution and 4-bit weights convert and are gated layer by layer; format qoperator is gated
+    on its outputs only and the report says why."""
+    d, _, _ = project
+    spec = write_spec(pytester.path / "quantacc.yaml", [
+        own_entry(d, "dist", method="distribution"), own_entry(d, "w4", weights="int4", per_channel=True),
+        own_entry(d, "w8", per_channel=True), own_entry(d, "qop", format="qoperator")])
+    out = pytester.path / "r.json"
+    result = pytester.runpytest("--quantacc", str(spec), "--quantacc-report", str(out), "--quantacc-workdir",
+                                str(pytester.path / "work"), "-p", "no:randomly")
+    report = {m["name"]: m for m in json.loads(out.read_text())["models"]}
+    assert all("error" not in m for m in report.values()), report
+    for name in ("dist", "w4", "w8"):
+        assert [c["reference"] + "-" + c["target"] for c in report[name]["comparisons"]] == [
+            "float-fixed", "float-offline", "fixed-offline"]
+    fixed_w4 = onnx.load(Path(report["w4"]["artifacts"]) / "fixed.onnx")
+    assert onnx.TensorProto.INT4 in {i.data_type for i in fixed_w4.graph.initializer}
+    cos = {n: min(lay["cos"] for lay in report[n]["comparisons"][0]["layers"] if "cos" in lay) for n in ("w4", "w8")}
+    assert cos["w4"] < cos["w8"]  # 4-bit weights are measurably coarser
+    qop = report["qop"]
+    assert [(c["reference"], c["target"]) for c in qop["comparisons"]] == [("float", "offline")]
+    assert "format is qoperator" in qop["outputs_only"] and qop["quantized_layers"] >= 3
+    fixed_qop = onnx.load(Path(qop["artifacts"]) / "fixed.onnx")
+    assert "QLinearConv" in {n.op_type for n in fixed_qop.graph.node}
+    result.stdout.fnmatch_lines(["*outputs only: quantization.format is qoperator*"])
+    ids = [line for line in pytester.runpytest("--quantacc", str(spec), "--collect-only", "-q").outlines
+           if "qop::" in line]
+    assert ids == ["quantacc.yaml::qop::convert", "quantacc.yaml::qop::float-vs-offline[prob]"]

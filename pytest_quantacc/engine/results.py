@@ -106,14 +106,12 @@ class ForeignModel:
     """The user's own quantized model (``quantized:``): what it holds, and what of it could not be compared.
 
     ``unmatched`` lists every QDQ tensor with no float counterpart, with the reason (a gate that silently skipped
-    tensors it cannot place would pass for the wrong reason); ``outputs_only`` says why only the model outputs
-    are compared (a QOperator model: its integer kernels expose no fake-quant tensors).
+    tensors it cannot place would pass for the wrong reason).
     """
 
     path: Path
     kind: str  # QuantizationKind.describe()
     unmatched: tuple[tuple[str, str], ...] = ()  # (QDQ tensor, reason)
-    outputs_only: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +129,8 @@ class ModelResult:
     passes: int = 1  # passes over the graph the memory budget required (chunking.py)
     memory: str | None = None  # why there was more than one pass
     foreign: ForeignModel | None = None  # set when the spec gives ``quantized:``
+    # Why only the model outputs are compared (a QOperator model: its integer kernels expose no fake-quant tensors)
+    outputs_only: str | None = None
 
     def comparison(self, reference: str, target: str) -> Comparison | None:
         return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)

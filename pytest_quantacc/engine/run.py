@@ -16,7 +16,9 @@ from ..convert.adopt import adopt
 from ..convert.prepare import PreparedModel, prepare
 from ..convert.quantize import quantize
 from ..errors import QuantaccInputError
-from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign
+from ..convert.workdir import Artifacts
+from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign, quantization_kind
+from ..samples import Samples
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
 from .results import ForeignModel, ModelResult
@@ -48,7 +50,10 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    if mspec.quantization.format == "qoperator":
+        result = outputs_only(mspec, artifacts, evals, threads, memory_budget, FORMAT_QOPERATOR)
+    else:
+        result = simulate(mspec, artifacts, evals, threads, memory_budget)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline_check import check_pipeline
@@ -63,6 +68,18 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
 QOPERATOR_OUTPUTS_ONLY = ("a QOperator model computes with fused integer kernels (QLinearConv, ...) that expose no "
                           "fake-quant tensors to compare layer by layer: only its outputs are compared with the float "
                           "model's (float vs offline); give a QDQ model for the layer-by-layer gate")
+FORMAT_QOPERATOR = ("quantization.format is qoperator: ONNX Runtime wrote fused integer kernels (QLinearConv, ...) "
+                    "that expose no fake-quant tensors, so only the outputs are compared (float vs offline); use "
+                    "format: qdq for the layer-by-layer gate")
+
+
+def outputs_only(mspec: ModelSpec, artifacts: Artifacts, evals: Samples, threads: int, memory_budget: int | None,
+                 why: str) -> ModelResult:
+    """A QOperator model: float vs offline on the model outputs; ``quantized_layers`` counts its integer kernels."""
+    kind = quantization_kind(onnx.load(str(artifacts.fixed_model), load_external_data=False))
+    result = simulate(mspec, artifacts, evals, threads, memory_budget, ForeignLayers((), {}), {"float", "offline"})
+    kernels = sum(n for op, n in kind.ops if op not in ("QuantizeLinear", "DequantizeLinear"))
+    return replace(result, outputs_only=why, quantized_layers=kernels)
 
 
 def evaluate_foreign(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
@@ -83,18 +100,15 @@ def evaluate_foreign(mspec: ModelSpec, base: Path, threads: int = 0, memory_budg
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    float_model = onnx.load(str(artifacts.float_model), load_external_data=False)
     if kind.kind == "qoperator":
         if not {"float", "offline"} <= set(mspec.modes):
             return ModelResult(mspec, artifacts, error=mspec.error("modes", f"{mspec.quantized.name} is a "
                                f"{kind.describe()}: it is compared on its outputs, float vs offline; list both modes"),
                                seconds=seconds)
-        result = simulate(mspec, artifacts, evals, threads, memory_budget,
-                          ForeignLayers((), {}), {"float", "offline"})
-        info = ForeignModel(mspec.quantized, kind.describe(), outputs_only=QOPERATOR_OUTPUTS_ONLY)
-        result = replace(result, quantized_layers=sum(n for op, n in kind.ops if op not in ("QuantizeLinear",
-                                                                                             "DequantizeLinear")))
+        result = outputs_only(mspec, artifacts, evals, threads, memory_budget, QOPERATOR_OUTPUTS_ONLY)
+        info = ForeignModel(mspec.quantized, kind.describe())
     else:
+        float_model = onnx.load(str(artifacts.float_model), load_external_data=False)
         qdq_model = onnx.load(str(artifacts.fixed_model))
         match = match_foreign(float_model, qdq_model, next(iter(evals), None))
         result = simulate(mspec, artifacts, evals, threads, memory_budget,

@@ -74,8 +74,8 @@ def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult)
     s = r.summary
     lines = [f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}",
              f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
-    if result.foreign is not None and result.foreign.outputs_only:
-        lines.append(f"  {result.foreign.path.name}: {result.foreign.outputs_only}")
+    if result.outputs_only is not None:
+        lines.append(f"  outputs only: {result.outputs_only}")
     fx = result.comparison("float", "fixed")
     if fx is not None:
         lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(

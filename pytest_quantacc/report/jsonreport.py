@@ -59,9 +59,10 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
                            "suspects": [{"mistake": x.mistake, "cos": x.cos, "fits": x.fits} for x in p.suspects]}
     if result.foreign is not None:
         f = result.foreign
-        out["quantized"] = {"model": str(f.path), "kind": f.kind, "compared": "outputs" if f.outputs_only else "layers",
-                            **({"why": f.outputs_only} if f.outputs_only else {})}
+        out["quantized"] = {"model": str(f.path), "kind": f.kind}
         out["unmatched"] = [{"tensor": t, "reason": why} for t, why in f.unmatched]
+    if result.outputs_only is not None:
+        out["outputs_only"] = result.outputs_only
     comps = []
     for c in result.comparisons:
         comps.append({

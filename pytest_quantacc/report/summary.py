@@ -27,8 +27,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
         lines.append(f"  quantized by another tool: {f.path.name}, {f.kind}"
                      + (f"; {len(f.unmatched)} QDQ tensors unmatched" if f.unmatched else ""))
         lines += [f"    unmatched {t}: {why}" for t, why in f.unmatched]
-        if f.outputs_only:
-            lines.append(f"    outputs only: {f.outputs_only}")
+    if result.outputs_only is not None:
+        lines.append(f"  outputs only: {result.outputs_only}")
     if result.pipeline is not None:
         p = result.pipeline
         fits = [x.mistake for x in p.suspects if x.fits]

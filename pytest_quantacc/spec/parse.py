@@ -7,6 +7,7 @@ key path (``models[0].quantization.method``) so the user can go straight to the 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import FORMATS, ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
 from .node import Node, kind_of
 from .preprocess import Preprocess, parse_preprocess
 
@@ -78,7 +79,7 @@ def _baseline(node: Node) -> BaselineGate:
 
 def _quantization(node: Node) -> Quantization:
     keys = ("method", "percentile", "per_channel", "reduce_range", "activations", "weights", "exclude_nodes",
-            "exclude_op_types", "overrides")
+            "exclude_op_types", "overrides", "format", "extra_options")
     m = node.mapping(keys)
     d = Quantization()
     overrides = []
@@ -103,7 +104,21 @@ def _quantization(node: Node) -> Quantization:
         exclude_nodes=m["exclude_nodes"].strings() if "exclude_nodes" in m else (),
         exclude_op_types=m["exclude_op_types"].strings() if "exclude_op_types" in m else (),
         overrides=tuple(overrides),
+        format=m["format"].choice(FORMATS) if "format" in m else d.format,
+        extra_options_json=_extra_options(m["extra_options"]) if "extra_options" in m else d.extra_options_json,
     )
+
+
+def _extra_options(node: Node) -> str:
+    """``extra_options`` as canonical JSON. Names and values are checked against ONNX Runtime's table when the
+    model is converted (convert/ort_options.py needs onnxruntime's types, which the spec layer does not import)."""
+    if not isinstance(node.value, Mapping) or not all(isinstance(k, str) for k in node.value):
+        raise node.fail(f"expected a mapping of ONNX Runtime quantize_static extra_options (name: value), "
+                        f"got {kind_of(node.value)}")
+    try:
+        return json.dumps(node.value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise node.fail(f"values must be numbers, strings, booleans, lists or mappings ({exc})") from None
 
 
 def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> ModelSpec:
@@ -122,12 +137,19 @@ def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> Mo
     dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
     if dumps:
         modes = ("float", "fixed")  # the dumps replace ONNX Runtime's quantized model
+    qoperator = not quantized and _format(m) == "qoperator"
+    if qoperator:
+        modes = ("float", "offline")  # integer kernels only: nothing runs as fake-quant
     if "modes" in m:
         modes = tuple(n.choice(MODES + EXTRA_MODES) for n in m["modes"].sequence())
         if len(set(modes)) != len(modes) or len(modes) < 2:
             raise m["modes"].fail("list at least two different modes (a comparison needs two sides)")
     preprocess = parse_preprocess(m["preprocess"]) if "preprocess" in m else None
     _check_extensions(m, modes, dumps, preprocess)
+    if qoperator and ("fixed" in modes or dumps):
+        raise (m["dumps"] if dumps else m["modes"]).fail(
+            "with quantization.format: qoperator the modes are float and offline: a QOperator model has only "
+            "integer kernels, nothing to run as fake-quant (fixed) or to compare with dumps")
     thresholds = _thresholds(m["thresholds"], Thresholds()) if "thresholds" in m else Thresholds()
     rules = []
     if "layers" in m:
@@ -168,6 +190,13 @@ def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> Mo
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
         quantized=m["quantized"].path() if quantized else None,
     )
+
+
+def _format(m: dict[str, Node]) -> str:
+    q = m.get("quantization")
+    if q is None or not isinstance(q.value, Mapping) or "format" not in q.value:
+        return "qdq"
+    return q.child("format").choice(FORMATS)
 
 
 def _check_quantized(m: dict[str, Node], own: Mapping) -> None:

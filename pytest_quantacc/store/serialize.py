@@ -120,7 +120,8 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
         "accuracy": None if accuracy is None else asdict(accuracy),
         "foreign": None if result.foreign is None else {
             "path": str(result.foreign.path), "kind": result.foreign.kind,
-            "unmatched": [list(u) for u in result.foreign.unmatched], "outputs_only": result.foreign.outputs_only},
+            "unmatched": [list(u) for u in result.foreign.unmatched]},
+        "outputs_only": result.outputs_only,
     }
 
 
@@ -137,7 +138,7 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
                          d["quantized_layers"], d["samples"], dict(d["seconds"]),
                          passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")),
-                         foreign=_foreign(d.get("foreign")))
+                         foreign=_foreign(d.get("foreign")), outputs_only=d.get("outputs_only"))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
 
@@ -145,7 +146,7 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
 def _foreign(d: dict | None) -> ForeignModel | None:
     if d is None:
         return None
-    return ForeignModel(Path(d["path"]), d["kind"], tuple(tuple(u) for u in d["unmatched"]), d["outputs_only"])
+    return ForeignModel(Path(d["path"]), d["kind"], tuple(tuple(u) for u in d["unmatched"]))
 
 
 def _rejudge(c: Comparison, mspec: ModelSpec) -> Comparison:
