@@ -109,3 +109,32 @@ def test_every_key_the_contract_documents_is_in_the_schema():
     keyed_by_user = {"conv5"}  # an example node name under overrides, not a key of the format
     assert documented - keyed_by_user - schema_keys == set()
     assert len(documented) >= 60  # the extraction found the blocks
+
+
+QUANTIZED = {"quantacc": 1, "models": [{"name": "q", "model": "f.onnx", "quantized": "q.onnx",
+                                        "evaluation": {"data": "e.npz"}}]}
+
+
+def test_quantized_entries(validator):
+    assert _errors(validator, QUANTIZED) == []  # no calibration needed
+    for extra, where in (({"quantization": {"per_channel": True}}, "models/0"), ({"evaluation": None}, "models/0")):
+        spec = copy.deepcopy(QUANTIZED)
+        spec["models"][0].update(extra)
+        if extra.get("evaluation", 0) is None:
+            del spec["models"][0]["evaluation"]
+        assert any(e.split(": ")[0] == where for e in _errors(validator, spec)), extra
+
+
+def test_extra_options_are_the_table_of_convert_ort_options(validator):
+    from pytest_quantacc.convert.ort_options import OPTIONS
+
+    props = json.loads(SCHEMA_PATH.read_text())["$defs"]["quantization"]["properties"]["extra_options"]["properties"]
+    assert list(props) == [o.name for o in OPTIONS]
+    assert _errors(validator, _bad("quantization.extra_options", {"ActivationSymmetric": True})) == []
+    errors = _errors(validator, _bad("quantization.extra_options", {"ActivationSymetric": True}))
+    assert [e.split(": ")[0] for e in errors] == ["models/0/quantization/extra_options"]
+    errors = _errors(validator, _bad("quantization", {"format": "qoperator", "method": "distribution"}))
+    assert errors == []
+    spec = _bad("quantization", {"format": "qoperator"})
+    spec["models"][0]["modes"] = ["float", "fixed"]
+    assert _errors(validator, spec)
