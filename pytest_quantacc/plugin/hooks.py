@@ -68,6 +68,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from . import fixture
+
+    config.addinivalue_line("markers", f"{fixture.MARKER}: {fixture.MARKER_HELP}")
+    config.pluginmanager.register(fixture, "quantacc-fixture")  # the quantacc fixture, always available
     if config.getoption("quantacc"):
         from .session import QuantaccRun
 
@@ -100,6 +104,8 @@ class _ResultReceiver:
         data = getattr(report, "quantacc_payload", None)
         if data is not None:
             self.run.receive(data)
+        for data in getattr(report, "quantacc_payloads", ()):  # a test's quantacc.check() results
+            self.run.receive(data)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -117,6 +123,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         if key in run.evaluated and key not in run.sent:
             run.sent.add(key)
             report.quantacc_payload = payload(run.evaluated[key])
+    keys = [k for k in getattr(item, "quantacc_keys", ()) if k in run.evaluated and k not in run.sent]
+    if keys:
+        run.sent.update(keys)
+        report.quantacc_payloads = [payload(run.evaluated[k]) for k in keys]
     return report
 
 
