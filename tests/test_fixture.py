@@ -2,6 +2,7 @@
 give, marker defaults, spec errors, the cache and the reports."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -9,6 +10,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import onnx
+
 from conftest import EXAMPLE, write_spec
 
 INNER = '''
@@ -48,8 +50,6 @@ def test_fixture_example_and_the_yaml_gate_agree(pytester):
     shutil.copy(EXAMPLE / "test_in_memory_model.py", pytester.path)
     pytester.makepyfile(test_inner=INNER)
     # The same model and data as a YAML spec: its relu2 item must fail with the text the fixture fails with.
-    import importlib.util
-
     spec_ = importlib.util.spec_from_file_location("example", EXAMPLE / "test_in_memory_model.py")
     example = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(example)

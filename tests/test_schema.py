@@ -138,3 +138,50 @@ def test_extra_options_are_the_table_of_convert_ort_options(validator):
     spec = _bad("quantization", {"format": "qoperator"})
     spec["models"][0]["modes"] = ["float", "fixed"]
     assert _errors(validator, spec)
+
+
+def test_quantacc_schema_option_prints_the_shipped_schema(pytester):
+    result = pytester.runpytest("--quantacc-schema")
+    assert result.ret == 0
+    assert json.loads(result.stdout.str()) == json.loads(SCHEMA_PATH.read_text())
+
+
+def test_spec_errors_give_the_line(tmp_path):
+    from pytest_quantacc.errors import QuantaccInputError
+    from pytest_quantacc.spec.parse import load_spec
+
+    text = """quantacc: 1
+defaults:
+  thresholds: {cos: 0.99}
+models:
+  - name: a
+    model: m.onnx
+    calibration: {data: c.npz}
+    quantization:
+      method: kl
+  - name: b
+    model: m.onnx
+    calibration:
+      data: c.npz
+    thresholds:
+      coss: 0.9
+  - name: c
+    model: m.onnx
+    calibration: {data: c.npz}
+    quantization:
+      extra_options: {extra.Sigmoid.nnapi: 1}
+      format: qlinear
+"""
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "c.npz").write_bytes(b"")
+    path = tmp_path / "quantacc.yaml"
+    path.write_text(text)
+    broken = {b.name: b.error for b in load_spec(path).broken}
+    assert (broken["a"].key, broken["a"].line) == ("models[0].quantization.method", 9)
+    assert (broken["b"].key, broken["b"].line) == ("models[1].thresholds.coss", 15)
+    assert (broken["c"].key, broken["c"].line) == ("models[2].quantization.format", 21)
+    assert broken["a"].message.endswith("(line 9)")
+    path.write_text(text.replace("quantacc: 1", "quantacc: 2"))
+    with pytest.raises(QuantaccInputError) as info:
+        load_spec(path)
+    assert info.value.line == 1

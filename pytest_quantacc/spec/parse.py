@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 import yaml
@@ -232,8 +234,52 @@ def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[D
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file; raises ``QuantaccInputError`` naming the file and key on any problem."""
+    """Read and validate a spec file; raises ``QuantaccInputError`` naming the file, key and line on any problem."""
     path = Path(path)
+    try:
+        spec = _load_spec(path)
+    except QuantaccInputError as exc:
+        raise _located(exc, path) from None
+    return replace(spec, broken=tuple(replace(b, error=_located(b.error, path)) for b in spec.broken))
+
+
+_KEY_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _located(exc: QuantaccInputError, path: Path) -> QuantaccInputError:
+    """The error with the line of its key path in the spec file (the deepest part of the path that is there:
+    a key inherited from ``defaults`` points at its entry)."""
+    if exc.line is not None or exc.spec != str(path):
+        return exc
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return exc
+    tokens = [int(i) if i else k for i, k in _KEY_TOKEN.findall(exc.key)]
+    line = node.start_mark.line if node is not None else None
+    i = 0
+    while node is not None and i < len(tokens):
+        if isinstance(node, yaml.SequenceNode) and isinstance(tokens[i], int) and tokens[i] < len(node.value):
+            node, i = node.value[tokens[i]], i + 1
+        elif isinstance(node, yaml.MappingNode):
+            # a key may itself hold dots (extra.Sigmoid.nnapi): the longest run of tokens that is a key wins
+            keys = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+            run = next((j for j in range(len(tokens), i, -1)
+                        if ".".join(str(t) for t in tokens[i:j]) in keys), None)
+            if run is None:
+                break
+            key_node, node = keys[".".join(str(t) for t in tokens[i:run])]
+            line, i = key_node.start_mark.line, run
+            continue
+        else:
+            break
+        line = node.start_mark.line
+    if line is None:
+        return exc
+    return QuantaccInputError(exc.spec, exc.key, exc.problem, line + 1)
+
+
+def _load_spec(path: Path) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
