@@ -303,3 +303,13 @@ def test_distribution_int4_weights_and_qoperator(project, tmp_path, pytester):
     ids = [line for line in pytester.runpytest("--quantacc", str(spec), "--collect-only", "-q").outlines
            if "qop::" in line]
     assert ids == ["quantacc.yaml::qop::convert", "quantacc.yaml::qop::float-vs-offline[prob]"]
+
+
+def test_the_example_spec_passes(tmp_path):
+    """example_project/quantacc_quantized.yaml (the README's example): the QDQ model make_quantized_example.py
+    wrote, paired completely with the digits CNN and gated green."""
+    from conftest import EXAMPLE
+
+    (mspec,) = load_spec(EXAMPLE / "quantacc_quantized.yaml").models
+    r = evaluate_model(mspec, tmp_path / "work")
+    assert r.status == "passed" and r.foreign.unmatched == () and r.quantized_layers == 10
