@@ -60,7 +60,8 @@ def test_fixture_example_and_the_yaml_gate_agree(pytester):
                                                   "evaluation": {"data": "eval.npz"},
                                                   "thresholds": {"cos": 0.98, "rmse": 0.2}}])
     args = ("--quantacc", "quantacc.yaml", "test_inner.py", "test_in_memory_model.py", "--quantacc-remedies", "0",
-            "--quantacc-workdir", "work", "--quantacc-report", "r.json", "--junitxml", "j.xml", "-p", "no:randomly")
+            "--quantacc-workdir", "work", "--quantacc-report", "r.json", "--quantacc-html", "r.html",
+            "--junitxml", "j.xml", "-p", "no:randomly")
     result = pytester.runpytest(*args)
     outcomes = result.parseoutcomes()
     text = result.stdout.str()
@@ -79,6 +80,7 @@ def test_fixture_example_and_the_yaml_gate_agree(pytester):
     report = {m["name"]: m for m in json.loads((pytester.path / "r.json").read_text())["models"]}
     assert {"m", "test_small_cnn_quantizes_well", "test_outlier_channel_is_a_known_bad_layer",
             "test_per_sample_dicts", "test_kwargs_win_over_the_marker"} <= {n for n in report}
+    assert "test_outlier_channel_is_a_known_bad_layer" in (pytester.path / "r.html").read_text()
     junit = ET.parse(pytester.path / "j.xml").getroot()
     props = {tc.get("name"): [(p.get("name"), p.get("value")) for p in tc.iter("property")]
              for tc in junit.iter("testcase")}
@@ -96,5 +98,6 @@ def test_fixture_without_quantacc_and_marker_registered(pytester):
     shutil.copy(EXAMPLE / "test_in_memory_model.py", pytester.path)
     result = pytester.runpytest("test_in_memory_model.py", "--strict-markers", "-p", "no:randomly")
     result.assert_outcomes(passed=2)
+    assert pytester.runpytest("test_in_memory_model.py", "-m", "not quantacc").ret == 5  # both carry the marker
     assert "quantacc summary" not in result.stdout.str()  # no --quantacc: just the tests
     assert "quantacc(**defaults)" in pytester.runpytest("--markers").stdout.str()
