@@ -1,4 +1,4 @@
-"""``quantized:``: a model another tool quantized, gated like our own conversion (contract section 13).
+"""``quantized:``: a model another tool quantized, gated like our own conversion (contract section 14).
 
 The QDQ models are laid out the way NNCF and a vendor toolchain (AIMET naming) export them
 (tests/foreign_models.py), plus one made by ONNX Runtime's quantize_static with settings our conversion does

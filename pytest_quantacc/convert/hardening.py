@@ -59,7 +59,10 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 
 def check_quantizable(mspec: ModelSpec, model: onnx.ModelProto, calibration: Samples, op_types: list[str]) -> None:
-    """Refuse, with the reason and the spec key, settings the quantizer would crash on or silently ignore."""
+    """Refuse, with the reason and the spec key, settings the quantizer would crash on or silently ignore.
+
+    (An already-quantized model never gets here: convert/prepare.refuse_quantized stops it before ONNX Runtime
+    loads it.)"""
     q = mspec.quantization
     opset = default_opset(model)
     if q.per_channel and opset < PER_CHANNEL_OPSET:

@@ -18,7 +18,7 @@ import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import FORMATS, ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import FORMATS, ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
 from .node import Node, kind_of
 from .preprocess import Preprocess, parse_preprocess
 
@@ -79,6 +79,13 @@ def _baseline(node: Node) -> BaselineGate:
     )
 
 
+def _gate(node: Node) -> Gate:
+    m = node.mapping(("layers", "granularity"))
+    d = Gate()
+    return Gate(layers=m["layers"].choice(GATE_LAYERS) if "layers" in m else d.layers,
+                granularity=m["granularity"].choice(GATE_GRANULARITIES) if "granularity" in m else d.granularity)
+
+
 def _quantization(node: Node) -> Quantization:
     keys = ("method", "percentile", "per_channel", "reduce_range", "activations", "weights", "exclude_nodes",
             "exclude_op_types", "overrides", "format", "extra_options")
@@ -126,7 +133,7 @@ def _extra_options(node: Node) -> str:
 def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> ModelSpec:
     """One model entry (``node``: merged with the defaults; ``own``: the entry as written, when it differs)."""
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "quantized")
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "gate", "quantized")
     quantized = isinstance(node.value, Mapping) and "quantized" in node.value
     m = node.mapping(keys, required=("name", "model") + (("evaluation",) if quantized else ("calibration",)))
     name = m["name"].string()
@@ -190,6 +197,7 @@ def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> Mo
         preprocess=preprocess,
         accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
+        gate=_gate(m["gate"]) if "gate" in m else Gate(),
         quantized=m["quantized"].path() if quantized else None,
     )
 
