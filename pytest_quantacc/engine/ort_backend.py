@@ -95,7 +95,8 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
                 for lay in compared:
                     # parts are cut in the float layout: none for a tensor a foreign model holds transposed
                     accumulate(fx_acc, fx_skip, lay.tensor, oriented(f.get(lay.tensor), lay),
-                               fx.get(lay.fixed_tensor), fx_parts, plans.get(lay.tensor, ()) if lay.perm is None else ())
+                               fx.get(lay.fixed_tensor), fx_parts,
+                               plans.get(lay.tensor, ()) if lay.perm is None else ())
             if f and deployed:
                 for name in outs:
                     accumulate(off_acc, off_skip, name, f.get(name), deployed.get(name), off_parts,
