@@ -68,7 +68,8 @@ def _bad(path: str, value, delete: bool = False) -> dict:
     (_bad("known_bad", [{"layer": "conv1"}]), "models/0/known_bad/0"),
     (_bad("dumps", {"fixed": {"path": "d", "command": ["x"]}}), "models/0/dumps/fixed"),
     (_bad("dumps", {"fixed": {"path": "d", "timeout": 5}}), "models/0/dumps/fixed"),
-    (_bad("dumps", {"offline": {"path": "d"}}), "models/0/dumps"),
+    (_bad("dumps", {"offline": {"path": "d"}, "fixed": {"path": "d"}}), "models/0/dumps"),
+    (_bad("dumps", {"board": {"path": "d"}}), "models/0/dumps"),
     (_bad("preprocess", {"std": [1, 2, 3], "scale": 0.5}), "models/0/preprocess"),
     (_bad("modes", ["float", "original"]), "models/0"),
     (_bad("accuracy", {"metric": "top1"}), "models/0/accuracy"),
@@ -185,3 +186,10 @@ models:
     with pytest.raises(QuantaccInputError) as info:
         load_spec(path)
     assert info.value.line == 1
+
+
+def test_board_dumps(validator):
+    assert _errors(validator, _bad("dumps", {"offline": {"path": "board"}})) == []
+    spec = _bad("dumps", {"offline": {"path": "board"}})
+    spec["models"][0]["modes"] = ["float", "fixed"]
+    assert _errors(validator, spec)

@@ -110,6 +110,8 @@ class AgreementResult:
     tensors: tuple[Agreement, ...]
     tolerance_steps: int
     max_mismatch_rate: float
+    reference: str = "fixed"  # "offline" with dumps.offline: the PC's deployable model against...
+    target: str = "offline"  # ..."board", the dumped values in the same quantization steps
 
     @property
     def worst(self) -> Agreement | None:

@@ -34,6 +34,10 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
     ``prepared``: the model's float reference and samples when the caller already has them (the cache does).
     """
+    if mspec.dumps and mspec.dumps[0].mode == "offline":
+        from .dump_backend import evaluate_board
+
+        return evaluate_board(mspec, base, threads, memory_budget, prepared)
     if mspec.dumps:
         from .dump_backend import evaluate_dumps
 

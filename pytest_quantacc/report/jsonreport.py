@@ -102,7 +102,7 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
     if result.agreement is not None:
         a = result.agreement
         comps.append({
-            "reference": "fixed", "target": "offline",
+            "reference": a.reference, "target": a.target,
             "first_diverging_layer": a.first_failing.tensor if a.first_failing else None,
             "tolerance_steps": a.tolerance_steps, "max_mismatch_rate": a.max_mismatch_rate,
             "status": PASSED if a.passed else FAILED,

@@ -63,7 +63,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
         first = result.agreement.first_failing
-        lines.append(f"  fixed vs offline: {'passed' if result.agreement.passed else 'FAILED'}; "
+        lines.append(f"  {result.agreement.reference} vs {result.agreement.target}: "
+                     f"{'passed' if result.agreement.passed else 'FAILED'}; "
                      + (f"first {first.tensor}; " if first is not None and first is not w else "")
                      + f"worst {w.tensor}: {100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} "
                        f"steps, max {w.max_steps}")

@@ -145,7 +145,7 @@ def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> Mo
     modes = MODES
     dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
     if dumps:
-        modes = ("float", "fixed")  # the dumps replace ONNX Runtime's quantized model
+        modes = ("float", dumps[0].mode)  # the dumps replace ONNX Runtime's model of that mode
     qoperator = not quantized and _format(m) == "qoperator"
     if qoperator:
         modes = ("float", "offline")  # integer kernels only: nothing runs as fake-quant
@@ -228,9 +228,9 @@ def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[D
                       preprocess: Preprocess | None) -> None:
     """Mode combinations the dump backend and the pipeline check can actually run."""
     where = m["modes"] if "modes" in m else m["name"]
-    if dumps and set(modes) - {"float", "fixed"}:
-        raise where.fail("with 'dumps', the modes are float and fixed (the dumps stand for fixed); "
-                         "offline and original run ONNX Runtime's own models")
+    if dumps and set(modes) - {"float", dumps[0].mode}:
+        raise where.fail(f"with 'dumps', the modes are float and {dumps[0].mode} (the dumps stand for "
+                         f"{dumps[0].mode}); the other modes run ONNX Runtime's own models")
     if dumps and preprocess is not None:
         raise m["preprocess"].fail("'preprocess' and 'dumps' cannot be combined (the dumps have their own input)")
     if "original" in modes:

@@ -180,7 +180,8 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
         key = results_key(mspec, read_manifest(workdir).get("float", ""), workdir)
         # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
-        stores = use_cache and "original" not in mspec.modes
+        # The board's dumps (dumps.offline) are not in the key either: read afresh on every run.
+        stores = use_cache and "original" not in mspec.modes and not any(d.mode == "offline" for d in mspec.dumps)
         if stores:
             reused = _reuse(workdir, key, prepared)
             if reused is not None:

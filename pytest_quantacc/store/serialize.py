@@ -124,7 +124,8 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
         "granularity": result.spec.gate.granularity,  # channel parts are measured only when the gate asks
         "agreement": None if a is None else {"tensors": [asdict(t) for t in a.tensors],
                                              "tolerance_steps": a.tolerance_steps,
-                                             "max_mismatch_rate": a.max_mismatch_rate},
+                                             "max_mismatch_rate": a.max_mismatch_rate,
+                                             "reference": a.reference, "target": a.target},
         "error": None if err is None else {"spec": err.spec, "key": err.key, "problem": err.problem},
         "quantized_layers": result.quantized_layers, "samples": result.samples, "seconds": dict(result.seconds),
         "passes": result.passes, "memory": result.memory, "pipeline": _pipeline_dict(result.pipeline),
@@ -143,7 +144,8 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
                           Path(art["offline_model"]), tuple(art["log"])) if art else None
     a = d["agreement"]
     agreement = AgreementResult(tuple(Agreement(**t) for t in a["tensors"]), a["tolerance_steps"],
-                                a["max_mismatch_rate"]) if a else None
+                                a["max_mismatch_rate"], a.get("reference", "fixed"),
+                                a.get("target", "offline")) if a else None
     err = d["error"]
     error = QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
