@@ -105,3 +105,21 @@ def test_board_spec_rules(setup, tmp_path):
     assert spec.models[0].modes == ("float", "offline")
     why = {b.name: b.error.problem for b in spec.broken}
     assert "the modes are float and offline" in why["b"] and "one mode comes from dumps at a time" in why["c"]
+
+
+def test_changed_dumps_are_not_served_from_the_cache(setup, tmp_path):
+    """The cache key covers every dump file (a re-run with the same spec but a re-flashed board's dumps must
+    measure again; before, dumps were not in the key and stale metrics were re-judged)."""
+    from pytest_quantacc.store.cache import evaluate_cached
+
+    d, net, entry, art = setup
+    board = tmp_path / "board"
+    play_the_board(art, net.eval, board)
+    (mspec,) = load_spec(write_spec(tmp_path / "q.yaml", [{**entry, "dumps": {"offline": {"path": str(board)}}}])
+                         ).models
+    assert evaluate_cached(mspec, tmp_path / "work").cache == "computed"
+    assert evaluate_cached(mspec, tmp_path / "work").cache == "reused"
+    f = board / "sample_0" / "a.npy"
+    np.save(f, np.load(f) * 2)
+    again = evaluate_cached(mspec, tmp_path / "work")
+    assert again.cache == "computed" and again.result.agreement.first_failing.tensor == "a"
