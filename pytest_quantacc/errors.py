@@ -15,16 +15,17 @@ MAX_PROBLEM_CHARS = 8000  # a message is read by a person: past this it is cut (
 class QuantaccInputError(Exception):
     """A problem with the user's spec, model or data, located by spec file and key path."""
 
-    def __init__(self, spec: Path | str, key: str, problem: str) -> None:
+    def __init__(self, spec: Path | str, key: str, problem: str, line: int | None = None) -> None:
         self.spec = str(spec)
         self.key = key if len(key) <= 500 else key[:500] + "..."
         self.problem = problem if len(problem) <= MAX_PROBLEM_CHARS else problem[:MAX_PROBLEM_CHARS] + " [...]"
+        self.line = line  # 1-based line of the key in the spec file, when the parser could tell
         super().__init__(self.message)
 
     @property
     def message(self) -> str:
         where = f"{self.spec}: {self.key}" if self.key else self.spec
-        return f"{where}: {self.problem}"
+        return f"{where}: {self.problem}" + (f" (line {self.line})" if self.line else "")
 
 
 def unexpected(spec: Path | str, key: str, exc: BaseException, stage: str = "evaluation") -> QuantaccInputError:

@@ -406,6 +406,15 @@ def _bomb(levels: int, width: int = 9) -> str:
     return text
 
 
+def _map_bomb(levels: int, width: int = 8) -> str:
+    """The mapping form of ``_bomb``: each level a mapping whose values are the level below, width times."""
+    b = next(_BOMBS)
+    text = f"&m{b}l0 {{" + ", ".join(f"k{i}: 1" for i in range(width)) + "}"
+    for k in range(1, levels):
+        text = f"&m{b}l{k} {{z: {text}, " + ", ".join(f"k{i}: *m{b}l{k - 1}" for i in range(width)) + "}"
+    return text
+
+
 def _sparse(project: Project, rel: str, size: int) -> str:
     """A file of ``size`` bytes that takes no disk space (a hole): sizes beyond a read bound cost nothing."""
     with open(project.path / rel, "wb") as f:
@@ -585,6 +594,9 @@ CATALOGUE = [
     case(2, "alias-bomb-7-levels-as-cos", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
          "    calibration: {data: data/calib.npz}\n    thresholds: {cos: " + _bomb(7) + "}\n",
          "models[0].thresholds.cos", "expected a number"),
+    case(2, "alias-bomb-9-levels-as-extra-options", lambda p: "  - name: bad\n    model: models/mlp.onnx\n"
+         "    calibration: {data: data/calib.npz}\n    quantization: {extra_options: " + _map_bomb(9) + "}\n",
+         "models[0].quantization.extra_options", "more than 10,000 values", child=True),
     case(2, "megabyte-string-as-method", lambda p: p.entry(quantization={"method": "x" * (1 << 20)}),
          "models[0].quantization.method", "not one of"),
     case(2, "megabyte-key", lambda p: p.entry(**{"k" * (1 << 20): 1}), "models[0].kkkk", "unknown key"),
@@ -976,7 +988,8 @@ def test_interrupted_run_is_rebuilt_quietly(project: Project, killed: bool) -> N
     assert not (workdir / "unsealed").exists()
 
 
-@pytest.mark.parametrize("what", ["too-large", "integer-beyond-str-limit", "alias-bomb-as-models"])
+@pytest.mark.parametrize("what", ["too-large", "integer-beyond-str-limit", "alias-bomb-as-models",
+                                  "alias-bomb-as-defaults"])
 def test_hostile_spec_file(project: Project, what: str) -> None:
     """Class 1/2/3, for the spec file itself: one failed ``spec`` item at the spec file, no traceback."""
     if what == "too-large":
@@ -985,9 +998,13 @@ def test_hostile_spec_file(project: Project, what: str) -> None:
     elif what == "integer-beyond-str-limit":
         project.spec.write_text("quantacc: 1\nmodels:\n  - name: a\n    thresholds: {rmse: 1" + "0" * 5000 + "}\n")
         phrase = "not valid YAML"
-    else:
+    elif what == "alias-bomb-as-models":
         project.spec.write_text(f"quantacc: 1\nmodels: {_bomb(9)}\n")
         phrase = "expected a mapping"
+    else:  # merged into every entry: the merge must not walk the expansion
+        project.spec.write_text(f"quantacc: 1\ndefaults: {{quantization: {_map_bomb(9)}}}\nmodels:\n"
+                                f"  - {{name: a, quantization: {_map_bomb(9)}}}\n")
+        phrase = "more than 100,000 values"
     o = project.run()
     assert_answered(o, within=10)
     assert_clean(o)

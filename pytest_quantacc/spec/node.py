@@ -37,6 +37,24 @@ def shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS + 3 else text[:SHOWN_CHARS] + "..."
 
 
+def larger_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds more than ``limit`` lists, mappings and scalars, counted without walking past the
+    limit: YAML aliases share one object many times, so a few hundred bytes can stand for billions of values,
+    and anything that walks or serializes the whole value (``json.dumps``) must ask this first."""
+    todo, seen = [value], 0
+    while todo:
+        v = todo.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(v, Mapping):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, list):
+            todo.extend(v)
+    return False
+
+
 def shown_path(p: Path | str) -> str:
     """A path for a message: as it is (it is the user's own location), unless absurdly long."""
     text = str(p)
