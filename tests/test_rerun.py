@@ -2,8 +2,9 @@
 
 An engineer fixes one layer and re-runs only what failed; that loop must select exactly the failed items. It
 rests on node ids surviving a round trip through ``.pytest_cache`` (pytest >= 9.2 re-parses cached ids into
-structured ids, pytest-dev/pytest#15045), so every check here uses the ids pytest itself reported in a first,
-failing run, never hard-coded names: the tests stay valid whatever naming makes the ids round-trip.
+structured ids, pytest-dev/pytest#15045: plugin/nodes.py gives bracketed items their id as a string so the live
+id is parsed the same way), so every check here uses the ids pytest itself reported in a first, failing run, never
+hard-coded names. ``.ci/run`` runs this file under the oldest supported pytest (8.4) as well as the newest.
 
 The spec is the example's outlier CNN without its ``known_bad`` entry: relu3 (fc1's output) is the planted
 fault, so float-vs-fixed fails at relu3, fc2 and softmax and float-vs-offline fails at both outputs.
@@ -16,13 +17,6 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE
-
-# Until collect.py builds item ids the way pytest >= 9.2 parses cached ids (issue 13), --lf, --ff and --sw lose
-# every bracketed item there. Strict: the marker fails the suite once the fix lands, so it is removed with it.
-BRACKET_IDS_LOST = pytest.mark.xfail(
-    tuple(int(p) for p in pytest.__version__.split(".")[:2]) >= (9, 2), strict=True,
-    reason="pytest >= 9.2 re-parses cached ids: 'float-vs-fixed[relu3/Relu]' no longer equals the live item's id "
-           "(pytest-dev/pytest#15045)")
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +61,12 @@ def layer_item(ids: list[str], kind: str, layer: str) -> str:
     return found
 
 
-@BRACKET_IDS_LOST
 def test_last_failed_reruns_exactly_the_failed_items(failing):
     lf = failing.again("--lf")
     assert sorted(lf.ran) == sorted(failing.failed)
     assert sorted(lf.failed) == sorted(failing.failed)
 
 
-@BRACKET_IDS_LOST
 def test_failed_first_runs_the_failed_items_first(failing):
     ff = failing.again("--ff")
     n = len(failing.failed)
@@ -82,7 +74,6 @@ def test_failed_first_runs_the_failed_items_first(failing):
     assert sorted(ff.ran) == sorted(failing.ran)
 
 
-@BRACKET_IDS_LOST
 def test_stepwise_stops_at_the_first_failure_and_resumes_there(failing):
     sw = failing.again("--sw")
     first = layer_item(failing.ran, "float-vs-fixed", "relu3")

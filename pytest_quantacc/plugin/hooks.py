@@ -96,27 +96,44 @@ class _ResultReceiver:
     def __init__(self, run) -> None:
         self.run = run
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "quantacc_payload", None)
         if data is not None:
             self.run.receive(data)
+        headline = getattr(report, "quantacc_headline", None)
+        if headline is not None and isinstance(report.longrepr, str):
+            # Before the terminal and JUnit read it: --tb=line and JUnit's message get the one line again.
+            from .nodes import received_failure
+
+            report.longrepr = received_failure(report, headline)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """On an xdist worker, attach the model's serialized result to its first report (the controller reports)."""
+    """Locate skips at the spec, keep the failure's headline, and on an xdist worker attach the model's
+    serialized result to its first report (the controller reports)."""
     report = yield
     run = item.config.stash.get(RUN_KEY, None)
-    if run is None or call.when != "call" or not hasattr(item.config, "workerinput"):
+    if run is None or call.when != "call":
+        return report
+    from .nodes import ModelItem, locate_skip
+
+    if not isinstance(item, ModelItem):
+        return report
+    locate_skip(item, report)
+    if not hasattr(item.config, "workerinput"):
         return report
     from ..store.cache import payload
-    from .nodes import ModelItem
 
-    if isinstance(item, ModelItem):
-        key = (item.mspec.spec_path, item.mspec.name)
-        if key in run.evaluated and key not in run.sent:
-            run.sent.add(key)
-            report.quantacc_payload = payload(run.evaluated[key])
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if report.failed and crash is not None:
+        # xdist sends a failure that is not a traceback as its text: the headline travels beside it.
+        report.quantacc_headline = crash.message
+    key = (item.mspec.spec_path, item.mspec.name)
+    if key in run.evaluated and key not in run.sent:
+        run.sent.add(key)
+        report.quantacc_payload = payload(run.evaluated[key])
     return report
 
 
