@@ -136,3 +136,13 @@ def test_only_the_plugin_imports_pytest():
            if "plugin" not in p.relative_to(PACKAGE).parts
            for target, _, line in imports(p) if target.split(".")[0] in ("pytest", "_pytest")]
     assert bad == []
+
+
+def test_documented_import_paths_resolve():
+    """README and docs/diagnosis.md import these by name; the layout may move modules, not these names."""
+    import pytest_quantacc
+    from pytest_quantacc import remedy
+
+    for name in ("load_spec", "evaluate", "evaluate_model", "ModelResult", "ModelSpec", "Spec", "QuantaccInputError"):
+        assert callable(getattr(pytest_quantacc, name)), name
+    assert callable(remedy.deepen) and callable(remedy.patch_yaml) and callable(remedy.write_fix)
