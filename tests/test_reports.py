@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from conftest import EXAMPLE
 
 
@@ -123,3 +124,15 @@ def test_fixed_vs_offline_lists_the_worst_tensors(pytester, workdir, outlier):
     worst = sorted(tensors, key=lambda t: (-t["mismatch_rate"], -t["max_steps"]))[:5]
     assert [r.split()[0] for r in rows] == [t["tensor"] for t in worst]
     assert f"({len(tensors) - 5} more tensors" in text
+
+
+def test_progress_lines_name_the_phases_and_stay_quiet_with_q(pytester, outlier):
+    own = pytester.path / "own-work"
+    out = run(pytester, own, "--tb=no", "--quantacc-remedies", "2").stdout.str()
+    for phase in ("converting", "evaluating 64 samples", "own-error pass", "remedy 1/2: per-channel weights",
+                  "remedy 2/2: percentile calibration"):
+        assert re.search(rf"^digits_outlier: {re.escape(phase)} \.\.\. \d+\.\d s$", out, re.M), phase
+    warm = run(pytester, own, "--tb=no").stdout.str()
+    assert "digits_outlier: converting" not in warm  # stored results: nothing runs, nothing to tell
+    quiet = run(pytester, own, "--tb=no", "-q", "--quantacc-no-cache").stdout.str()
+    assert "digits_outlier: converting" not in quiet

@@ -19,6 +19,7 @@ from .diagnose import diagnose
 from .judge import apply_inheritance, finish, inherit_outputs
 from .metrics import Accumulator, AgreementAccumulator, accumulate, tensor_metrics
 from .passes import Plan, default_budget, plan, tensor_bytes
+from .progress import Progress, timed
 from .results import AgreementResult, Comparison, ModelResult
 from .runner import Runner, isolate, pipelined
 
@@ -47,7 +48,7 @@ def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Sample
 
 
 def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
-              memory_budget: int | None = None) -> ModelResult:
+             memory_budget: int | None = None, progress: Progress | None = None) -> ModelResult:
     float_model = onnx.load(str(art.float_model), load_external_data=False)
     fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
     layers = match_layers(float_model, fixed_model)
@@ -97,7 +98,8 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         main = finish(layers, fx_acc, fx_skip, mspec, "float", "fixed")
         if main.first_diverging is not None:
             # Only a failing model pays for the second pass that separates own from inherited error.
-            main = _with_own_error(main, art, float_model, layers, evals, passes, threads)
+            with timed(progress, "own-error pass"):
+                main = _with_own_error(main, art, float_model, layers, evals, passes, threads)
             main = apply_inheritance(float_model, main)
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:

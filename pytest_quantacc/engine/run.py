@@ -15,6 +15,7 @@ from ..convert.quantize import quantize
 from ..errors import QuantaccInputError
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
+from .progress import Progress, timed
 from .results import ModelResult
 
 
@@ -22,11 +23,12 @@ from .results import ModelResult
 
 
 def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
-                   prepared: PreparedModel | None = None) -> ModelResult:
+                   prepared: PreparedModel | None = None, progress: Progress | None = None) -> ModelResult:
     """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised.
 
     ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
     ``prepared``: the model's float reference and samples when the caller already has them (the cache does).
+    ``progress``: told when conversion, evaluation and the own-error pass start and end (:mod:`.progress`).
     """
     if mspec.dumps:
         from .dump_backend import evaluate_dumps
@@ -35,14 +37,16 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        prepared = prepared or prepare(mspec, base)
-        calib, evals = prepared.calibration, prepared.evaluation
-        artifacts = quantize(mspec, prepared.float_model, calib, base)
+        with timed(progress, "converting"):
+            prepared = prepared or prepare(mspec, base)
+            calib, evals = prepared.calibration, prepared.evaluation
+            artifacts = quantize(mspec, prepared.float_model, calib, base)
         seconds["convert"] = time.perf_counter() - t0
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    with timed(progress, f"evaluating {len(evals)} samples"):
+        result = simulate(mspec, artifacts, evals, threads, memory_budget, progress)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline_check import check_pipeline

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import onnx
 import pytest
 
-from ..engine.results import BaselineCheck, Evaluated, LayerResult, ModelResult, REGRESSED, SKIPPED
+from ..engine.results import REGRESSED, SKIPPED, BaselineCheck, Evaluated, LayerResult, ModelResult
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, float_layers
 from ..report.failures import FailureText, agreement_text, layer_failure, outputs_failure, regression_text
@@ -22,6 +22,7 @@ from ..store.baseline import baseline_path
 from ..store.cache import cached_float
 from .keys import RUN_KEY
 from .session import QuantaccRun
+
 
 class QuantaccFailure(Exception):
     """An assertion about quantization accuracy failed; its text is the whole report (no traceback)."""

@@ -12,10 +12,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 import pytest
 
 from ..convert.workdir import workdir_for
 from ..engine.passes import default_budget, parse_size
+from ..engine.progress import Progress
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from ..errors import unexpected
 from ..remedy.search import DEFAULT_ATTEMPTS, deepen
@@ -24,11 +26,44 @@ from ..spec.parse import load_spec
 from ..store.baseline import check_baseline
 from ..store.cache import evaluate_cached, locked, restore
 
-
-
-
-
 _WRITTEN_SUFFIXES = (".fix.yaml",)
+
+
+class ProgressLines:
+    """The engine's phases as lines of pytest's terminal output: ``model: converting ... 10.9 s``.
+
+    A phase's line is written when it starts and completed when it ends, so a long conversion or remedy shows
+    what is running. Written with output capturing suspended (the phases run inside an item's ``runtest``),
+    as pytest's own live logging does; plain lines, so logs of non-terminal runs read the same.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.open: str | None = None  # the phase whose line waits for its duration
+
+    def for_model(self, name: str) -> Progress:
+        def tell(label: str, seconds: float | None) -> None:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            capture = self.config.pluginmanager.get_plugin("capturemanager")
+            if reporter is None or capture is None:
+                return
+            with capture.global_and_fixture_disabled():
+                if seconds is None:
+                    if self.open is not None:
+                        reporter.write("\n")  # a phase inside the open one: the open one ends later
+                    reporter.ensure_newline()
+                    reporter.write(f"{name}: {label} ...", flush=True)
+                    self.open = f"{name}: {label}"
+                elif self.open == f"{name}: {label}":
+                    reporter.write(f" {seconds:.1f} s\n", flush=True)
+                    self.open = None
+                else:
+                    if self.open is not None:
+                        reporter.write("\n")
+                    reporter.ensure_newline()
+                    reporter.write(f"{name}: {label} ... {seconds:.1f} s\n", flush=True)
+                    self.open = None
+        return tell
 
 
 @dataclass
@@ -50,6 +85,7 @@ class QuantaccRun:
     sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
     written_baselines: list[Path] = field(default_factory=list)
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
+    progress: ProgressLines | None = None  # None: quiet (-q, xdist workers)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -80,7 +116,9 @@ class QuantaccRun:
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
-                   memory_budget=budget)
+                   memory_budget=budget,
+                   progress=None if config.get_verbosity() < 0 or hasattr(config, "workerinput") else
+                   ProgressLines(config))
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -100,15 +138,16 @@ class QuantaccRun:
         """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
         if key not in self.evaluated:
+            progress = self.progress.for_model(mspec.name) if self.progress is not None else None
             try:
                 evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
-                                            self.memory_budget)
+                                            self.memory_budget, progress)
                 # Diagnosis statistics and remedy search are not cached: they run only for failing models. They
                 # read the model folder and write attempts into it, so under its lock: another xdist worker may
                 # be rebuilding the folder (always, with --quantacc-no-cache).
                 with locked(workdir_for(self.base, mspec)):
                     evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                                self.memory_budget, evaluated.prepared))
+                                                                self.memory_budget, evaluated.prepared, progress))
             except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
                 # Remembered like a result: every item of the model reports it, none of them re-runs it.
                 evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))

@@ -13,9 +13,6 @@ from ..spec.model import ModelSpec
 from .numbers import fmt_num
 
 
-
-
-
 def _row(r: LayerResult, mark: bool) -> list[str]:
     s = r.summary
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
@@ -81,8 +78,9 @@ def _first_diverging_block(result: ModelResult, comparison: Comparison, r: Layer
     first = comparison.first_diverging
     if first is None:
         return []
-    lines = [f"first diverging layer: {first.layer.name} ({first.layer.op_type})" + (" - this layer" if first is r else ""),
-             "", layer_table(comparison, first)]
+    this = " - this layer" if first is r else ""
+    lines = [f"first diverging layer: {first.layer.name} ({first.layer.op_type}){this}", "",
+             layer_table(comparison, first)]
     d = comparison.diagnosis
     if d is not None:
         lines += ["", f"diagnosis ({d.kind}):"] + [f"  - {w}" for w in d.why]
@@ -103,12 +101,14 @@ def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -
     s = r.summary
     headline = (f"{result.spec.name}: {comparison.reference} vs {comparison.target}: layer {r.layer.name} "
                 f"({r.layer.op_type}, tensor {r.layer.tensor}): {_breaks(r)}")
-    own = [f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"
+    own = [f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, "
+           f"rmse {fmt_num(s.worst['rmse'])}"
            + (f"; own error cos {fmt_num(r.own['cos'])}, rmse {fmt_num(r.own['rmse'])}" if r.own is not None else "")]
     first = comparison.first_diverging
     full = _first_diverging_block(result, comparison, r)
     workdir = [f"models (open in Netron): {result.artifacts.workdir}"] if result.artifacts is not None else []
-    detail = full + ([""] + _todo(comparison) if comparison.diagnosis is not None else []) + ([""] + workdir if workdir else [])
+    detail = (full + ([""] + _todo(comparison) if comparison.diagnosis is not None else [])
+              + ([""] + workdir if workdir else []))
     if first is r or first is None:
         return FailureText(headline, tuple(own), tuple(full), tuple(detail))
     if r.own_breaks:
@@ -123,8 +123,10 @@ def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -
 
 def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> FailureText:
     s = r.summary
-    headline = f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}"
-    lines = [f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
+    headline = (f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: "
+                f"{_breaks(r)}")
+    lines = [f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, "
+             f"rmse {fmt_num(s.worst['rmse'])}"]
     fx = result.comparison("float", "fixed")
     if fx is not None:
         lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(
@@ -147,13 +149,14 @@ def agreement_text(result: ModelResult, rows: int | None = AGREEMENT_ROWS) -> Fa
     def table(tensors) -> str:
         body = [[t.tensor, t.max_steps, f"{100 * t.mismatch_rate:.2f}%"] + [t.histogram[k] for k in t.histogram]
                 for t in tensors]
-        return tabulate(body, headers=["tensor", "max steps", f"> {a.tolerance_steps} steps"] + [f"{k}" for k in keys],
-                        tablefmt="simple")
+        headers = ["tensor", "max steps", f"> {a.tolerance_steps} steps"] + [f"{k}" for k in keys]
+        return tabulate(body, headers=headers, tablefmt="simple")
 
     worst, first = a.worst, a.first_failing
     headline = (f"{result.spec.name}: fixed vs offline: worst tensor {worst.tensor}: "
                 f"{100 * worst.mismatch_rate:.2f}% of elements differ by more than {a.tolerance_steps} steps "
-                f"(gate {100 * a.max_mismatch_rate:.2f}%), max {worst.max_steps} steps") if worst else "nothing compared"
+                f"(gate {100 * a.max_mismatch_rate:.2f}%), max {worst.max_steps} steps"
+                ) if worst else "nothing compared"
     own = []
     if first is not None and first is not worst:
         own.append(f"first tensor beyond the gate (graph order; later tensors inherit its difference): "
