@@ -136,3 +136,19 @@ def test_progress_lines_name_the_phases_and_stay_quiet_with_q(pytester, outlier)
     assert "digits_outlier: converting" not in warm  # stored results: nothing runs, nothing to tell
     quiet = run(pytester, own, "--tb=no", "-q", "--quantacc-no-cache").stdout.str()
     assert "digits_outlier: converting" not in quiet
+
+
+def test_marker_and_ini_keys(pytester, workdir, outlier):
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    pytester.makeini("[pytest]\nquantacc_report = out/r.json\nquantacc_html = out/r.html\nquantacc_remedies = 0\n"
+                     "addopts = --strict-markers\n")
+    marked = pytester.runpytest("--quantacc", "spec.yaml", "test_plain.py", "--quantacc-workdir", str(workdir),
+                                "-p", "no:randomly", "-m", "quantacc", "--tb=no")
+    marked.assert_outcomes(passed=6, failed=5, skipped=3)  # the Python test deselected
+    assert (pytester.path / "out" / "r.json").is_file() and (pytester.path / "out" / "r.html").is_file()
+    diagnosis = json.loads((pytester.path / "out" / "r.json").read_text())["models"][0]["comparisons"][0]["diagnosis"]
+    assert diagnosis["remedy_attempts"] == []  # quantacc_remedies = 0
+    unmarked = pytester.runpytest("--quantacc", "spec.yaml", "test_plain.py", "--quantacc-workdir", str(workdir),
+                                  "-p", "no:randomly", "-m", "not quantacc")
+    unmarked.assert_outcomes(passed=1)
+    assert "quantacc: a quantization-accuracy check" in pytester.runpytest("--markers").stdout.str()

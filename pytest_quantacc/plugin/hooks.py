@@ -8,13 +8,10 @@ wires pytest to the session state (:mod:`.session`) and the report modules.
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 
 from .keys import RUN_KEY
-
-
-
-
 
 _PATTERNS = ["quantacc*.yaml", "quantacc*.yml", "*.quantacc.yaml"]
 
@@ -57,6 +54,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="default for --quantacc-memory-budget (e.g. 4GB)")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
+    parser.addini("quantacc_report", default="",
+                  help="default for --quantacc-report: where the JSON report is written")
+    parser.addini("quantacc_html", default="",
+                  help="default for --quantacc-html: where the self-contained HTML report is written")
+    parser.addini("quantacc_remedies", default="",
+                  help="default for --quantacc-remedies: remedy attempts for a failing model (0 turns them off)")
+
+
+# One registration for both uses of the name: the items collected from specs, and Python tests that use the
+# quantacc fixture (the marker's keyword arguments set that fixture's defaults).
+MARKER = ("quantacc: a quantization-accuracy check. Every item collected from a spec with --quantacc carries "
+          "it (select or deselect them with -m quantacc / -m 'not quantacc' in a mixed suite); on a Python test "
+          "using the quantacc fixture, quantacc(thresholds=..., ...) sets the fixture's defaults for that test.")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -68,6 +78,7 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER)
     if config.getoption("quantacc"):
         from .session import QuantaccRun
 
@@ -185,9 +196,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             if ev.result.error is None:
                 by_spec.setdefault(ev.result.spec.spec_path, []).append(ev.result)
         run.written_baselines = [write(spec, results) for spec, results in by_spec.items()]
-    path = config.getoption("quantacc_report")
-    if not path:
+    from .session import output_path
+
+    path = output_path(config, "quantacc_report")
+    if path is None:
         return
     from ..report.jsonreport import write_report
 
-    write_report(config.invocation_params.dir / path, run, config.rootpath)
+    write_report(path, run, config.rootpath)

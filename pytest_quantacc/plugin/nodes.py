@@ -88,7 +88,14 @@ def locate_skip(item: ModelItem, report: pytest.TestReport) -> None:
 
 
 class SpecFile(pytest.File):
-    """A quantacc spec: one collector per model entry."""
+    """A quantacc spec: one collector per model entry.
+
+    It carries the ``quantacc`` marker, so every item under it does (``-m quantacc`` in a mixed suite).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_marker("quantacc")
 
     def collect(self):
         try:

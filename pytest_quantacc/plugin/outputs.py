@@ -15,10 +15,7 @@ from ..engine.judge import model_verdict
 from ..engine.results import ModelResult, Status
 from ..files import write_text
 from .keys import RUN_KEY
-
-
-
-
+from .session import output_path
 
 
 def _fixes(results: list[ModelResult]) -> dict[Path, dict[int, dict]]:
@@ -49,11 +46,10 @@ class DiagnosisOutputs:
             return
         judged = self._judged()
         results = [r for r, _ in judged]
-        html_path = self.config.getoption("quantacc_html")
-        if html_path and results:
+        dest = output_path(self.config, "quantacc_html")
+        if dest is not None and results:
             from ..report.html import page
 
-            dest = self.config.invocation_params.dir / html_path
             dest.parent.mkdir(parents=True, exist_ok=True)
             write_text(dest, page(results, verdicts=[v for _, v in judged]))
             self.written.append(f"HTML report: {dest}")

@@ -29,6 +29,18 @@ from ..store.cache import evaluate_cached, locked, restore
 _WRITTEN_SUFFIXES = (".fix.yaml",)
 
 
+def output_path(config: pytest.Config, name: str) -> Path | None:
+    """Where to write the report ``name`` (quantacc_report, quantacc_html): the option, relative to the current
+    folder, else the ini key, relative to the ini file's folder (as a committed setting means it)."""
+    option = config.getoption(name)
+    if option:
+        return config.invocation_params.dir / option
+    ini = config.getini(name)
+    if not ini:
+        return None
+    return (config.inipath.parent if config.inipath is not None else config.rootpath) / ini
+
+
 class ProgressLines:
     """The engine's phases as lines of pytest's terminal output: ``model: converting ... 10.9 s``.
 
@@ -99,6 +111,12 @@ class QuantaccRun:
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
+        if remedies is None and config.getini("quantacc_remedies"):
+            try:
+                remedies = int(config.getini("quantacc_remedies"))
+            except ValueError:
+                raise pytest.UsageError(f"quantacc_remedies: not a whole number: "
+                                        f"{config.getini('quantacc_remedies')!r}") from None
         budget = config.getoption("quantacc_memory_budget") or config.getini("quantacc_memory_budget") or None
         if budget is not None:
             try:
