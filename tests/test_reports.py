@@ -152,3 +152,13 @@ def test_marker_and_ini_keys(pytester, workdir, outlier):
                                   "-p", "no:randomly", "-m", "not quantacc")
     unmarked.assert_outcomes(passed=1)
     assert "quantacc: a quantization-accuracy check" in pytester.runpytest("--markers").stdout.str()
+
+
+def test_temporary_work_folder_is_removed_at_the_end(pytester, outlier, tmp_path, monkeypatch):
+    """Without a cache directory the models go to a temp folder of the run; it must not outlive the run."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the subprocess's tempfile.mkdtemp writes
+    result = pytester.runpytest_subprocess("--quantacc", "spec.yaml", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                           "--quantacc-remedies", "0", "--tb=no")
+    result.assert_outcomes(passed=6, failed=5, skipped=3)
+    assert "are removed at the end of the session" in result.stdout.str()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("quantacc-")]

@@ -181,6 +181,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if run.baseline_update:
         for path in run.written_baselines:
             terminalreporter.write_line(f"baseline written: {path}")
+    if run.temporary:
+        terminalreporter.write_line(f"quantacc: the converted models in {run.base} are removed at the end of the "
+                                    f"session (no cache directory); pass --quantacc-workdir DIR to keep them")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this process's temporary work folder (runs without a cache directory): one per run otherwise
+    accumulates, several GB each for a large model."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.temporary:
+        import shutil
+
+        shutil.rmtree(run.base, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -98,6 +98,7 @@ class QuantaccRun:
     written_baselines: list[Path] = field(default_factory=list)
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
     progress: ProgressLines | None = None  # None: quiet (-q, xdist workers)
+    temporary: bool = False  # ``base`` is a temp folder of this process (no cache directory): removed at the end
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -107,7 +108,7 @@ class QuantaccRun:
         elif getattr(config, "cache", None) is not None:
             base = Path(config.cache.mkdir("quantacc"))
         else:
-            base = Path(tempfile.mkdtemp(prefix="quantacc-"))
+            base = Path(tempfile.mkdtemp(prefix="quantacc-"))  # removed at the end (hooks.pytest_unconfigure)
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
@@ -136,7 +137,8 @@ class QuantaccRun:
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
                    memory_budget=budget,
                    progress=None if config.get_verbosity() < 0 or hasattr(config, "workerinput") else
-                   ProgressLines(config))
+                   ProgressLines(config),
+                   temporary=not workdir and getattr(config, "cache", None) is None)
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
