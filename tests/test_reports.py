@@ -162,3 +162,18 @@ def test_temporary_work_folder_is_removed_at_the_end(pytester, outlier, tmp_path
     result.assert_outcomes(passed=6, failed=5, skipped=3)
     assert "are removed at the end of the session" in result.stdout.str()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("quantacc-")]
+
+
+def test_pytest_html_section_once_rows_elsewhere_nothing_without_html(pytester, workdir, outlier):
+    pytest.importorskip("pytest_html")
+    pytester.makeconftest("def pytest_runtest_logreport(report):\n"
+                          "    if getattr(report, 'extras', None):\n"
+                          "        open('extras.txt', 'a').write(report.nodeid + '\\n')\n")
+    run(pytester, workdir, "--tb=no")
+    assert not (pytester.path / "extras.txt").exists()  # no --html: no fragment is built
+    run(pytester, workdir, "--tb=no", "--html", "ph.html", "--self-contained-html")
+    carriers = (pytester.path / "extras.txt").read_text().split()
+    assert len(carriers) == 5 and any(c.endswith("float-vs-fixed[relu3/Relu]") for c in carriers)
+    text = (pytester.path / "ph.html").read_text()
+    assert text.count("relative RMSE along the graph") == 1  # one model section, on the root cause
+    assert text.count("quantacc-row") == 4  # fc2, softmax and both outputs

@@ -267,7 +267,8 @@ def _table(comparison: Comparison, interactive: bool) -> str:
              '<label>layer <input type="search" class="f-name" size="18"></label>'
              '<span class="meta f-count"></span> <span class="meta">(click a column to sort)</span></div>'
              ) if interactive else ""
-    out = f'{tools}<div class="scroll"><table class="qa-layers"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
+    cls = "qa-layers" if interactive else "layers"  # the scripts' table: the float-vs-fixed one
+    out = f'{tools}<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
           f'</table></div>'
     skipped = [r for r in comparison.layers if r.status == "skipped" or r.summary is None]
     if skipped:
