@@ -279,13 +279,11 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
     except (KeyError, QuantaccInputError):
         return result
-    stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)
+    stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model, trial.calib)
     why = list(d.why)
     if where.shared:
         why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
                    f"and zero point): its precision is set on {where.producer}")
-    if not _outlier_channel(stats):
-        why = [w for w in why if "outlier-channel signature" not in w]  # a hypothesis the statistics rule out
     why += explain(stats)
     remedy, tried = None, ()
     if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
@@ -309,12 +307,6 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
                   remedy_result=best.result_json() if best else None, attempts=tried)
     comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
     return replace(result, comparisons=comps)
-
-
-def _outlier_channel(stats: tuple[TensorStats, ...]) -> bool:
-    """The statistics show one input channel setting the range (or there are none to tell)."""
-    inputs = [s for s in stats if s.role == "input" and s.channel_spread is not None]
-    return not inputs or any(s.channel_spread >= 10 for s in inputs)
 
 
 _NAIVE = "raise the precision of the input activations"
