@@ -177,3 +177,14 @@ def test_pytest_html_section_once_rows_elsewhere_nothing_without_html(pytester, 
     text = (pytester.path / "ph.html").read_text()
     assert text.count("relative RMSE along the graph") == 1  # one model section, on the root cause
     assert text.count("quantacc-row") == 4  # fc2, softmax and both outputs
+
+
+def test_under_xdist_junit_message_and_tb_line_keep_the_headline(pytester, workdir, outlier):
+    """A worker sends a non-traceback failure as plain text; the controller must still see its headline."""
+    result = run(pytester, workdir, "-n", "2", "--tb=line", "--junitxml", "out.xml")
+    result.assert_outcomes(passed=6, failed=5, skipped=3)
+    lines = [ln for ln in failures_section(result.stdout.str()).splitlines() if ln.startswith("spec.yaml: ")]
+    assert len(lines) == 5 and all(len(ln) > 60 for ln in lines)  # whole headlines, not pytest's 50-char cut
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
+    message = cases["float-vs-fixed[fc2/Gemm]"].find("failure").get("message")
+    assert message.startswith("digits_outlier: float vs fixed: layer fc2 (Gemm") and "\n" not in message
