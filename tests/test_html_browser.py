@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 import pytest
+
 from conftest import EXAMPLE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -54,7 +54,7 @@ def failures(out: str) -> dict[str, str]:
 
 
 def test_root_cause_carries_the_report_and_the_others_say_where_they_come_from(pytester, workdir, outlier):
-    result = run(pytester, workdir)
+    result = run(pytester, workdir, "-rs", "--junitxml", "out.xml")
     result.assert_outcomes(passed=6, failed=5, skipped=3)
     out = result.stdout.str()
     f = failures(out)
@@ -71,6 +71,17 @@ def test_root_cause_carries_the_report_and_the_others_say_where_they_come_from(p
     assert "what to do:" not in out.split("= quantacc summary =", 1)[0] and "what to do:" in summary
     (netron,) = re.findall(r"open in Netron: netron (\S+)", out)
     assert Path(netron).name == "fixed.onnx" and Path(netron).is_file()
+    # JUnit: the message is the headline; skips name the layer and point at the spec, not the plugin
+    assert "SKIPPED [1] spec.yaml: digits_outlier::float-vs-fixed[conv1/Conv]: fused by the quantizer" in out
+    assert "pytest_quantacc/" not in out and "nodes.py" not in out
+    cases = {c.get("name"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
+    failure = cases["float-vs-fixed[relu3/Relu]"].find("failure")
+    assert failure.get("message") == ("digits_outlier: float vs fixed: layer relu3 (Relu, tensor relu3_out): "
+                                      "cos 0.4089 < 0.99, rmse 0.9979 > 0.1")
+    assert "diagnosis (abrupt):" in failure.text  # the element's text keeps the whole report
+    skipped = cases["float-vs-fixed[conv2/Conv]"].find("skipped")
+    assert skipped.get("message").startswith("digits_outlier::float-vs-fixed[conv2/Conv]: fused by the quantizer")
+    assert skipped.text.startswith(str(outlier))
 
 
 def test_a_layer_whose_own_error_breaks_is_named_a_root_cause(pytester, workdir, outlier):
@@ -91,21 +102,6 @@ def test_tb_styles(pytester, workdir, outlier):
     long = run(pytester, workdir, "--tb=long").stdout.str()
     # long: every failing layer has today's full detail (table, diagnosis, what to do, the work folder)
     assert long.count("diagnosis (abrupt):") == 3 and long.count("models (open in Netron):") == 3
-
-
-def test_junit_message_is_the_headline_and_skips_point_at_the_spec(pytester, workdir, outlier):
-    result = run(pytester, workdir, "-rs", "--junitxml", "out.xml")
-    out = result.stdout.str()
-    assert "SKIPPED [1] spec.yaml: digits_outlier::float-vs-fixed[conv1/Conv]: fused by the quantizer" in out
-    assert "pytest_quantacc/" not in out and "nodes.py" not in out
-    cases = {c.get("name"): c for c in ET.parse(pytester.path / "out.xml").getroot().iter("testcase")}
-    failure = cases["float-vs-fixed[relu3/Relu]"].find("failure")
-    assert failure.get("message") == ("digits_outlier: float vs fixed: layer relu3 (Relu, tensor relu3_out): "
-                                      "cos 0.4089 < 0.99, rmse 0.9979 > 0.1")
-    assert "diagnosis (abrupt):" in failure.text  # the element's text keeps the whole report
-    skipped = cases["float-vs-fixed[conv2/Conv]"].find("skipped")
-    assert skipped.get("message").startswith("digits_outlier::float-vs-fixed[conv2/Conv]: fused by the quantizer")
-    assert skipped.text.startswith(str(outlier))
 
 
 def test_fixed_vs_offline_lists_the_worst_tensors(pytester, workdir, outlier):
@@ -132,8 +128,6 @@ def test_progress_lines_name_the_phases_and_stay_quiet_with_q(pytester, outlier)
     for phase in ("converting", "evaluating 64 samples", "own-error pass", "remedy 1/2: per-channel weights",
                   "remedy 2/2: percentile calibration"):
         assert re.search(rf"^digits_outlier: {re.escape(phase)} \.\.\. \d+\.\d s$", out, re.M), phase
-    warm = run(pytester, own, "--tb=no").stdout.str()
-    assert "digits_outlier: converting" not in warm  # stored results: nothing runs, nothing to tell
     quiet = run(pytester, own, "--tb=no", "-q", "--quantacc-no-cache").stdout.str()
     assert "digits_outlier: converting" not in quiet
 
@@ -149,8 +143,8 @@ def test_marker_and_ini_keys(pytester, workdir, outlier):
     diagnosis = json.loads((pytester.path / "out" / "r.json").read_text())["models"][0]["comparisons"][0]["diagnosis"]
     assert diagnosis["remedy_attempts"] == []  # quantacc_remedies = 0
     unmarked = pytester.runpytest("--quantacc", "spec.yaml", "test_plain.py", "--quantacc-workdir", str(workdir),
-                                  "-p", "no:randomly", "-m", "not quantacc")
-    unmarked.assert_outcomes(passed=1)
+                                  "-p", "no:randomly", "-m", "not quantacc", "--collect-only", "-q")
+    assert unmarked.stdout.lines[0] == "test_plain.py::test_plain" and "14 deselected" in unmarked.stdout.str()
     assert "quantacc: a quantization-accuracy check" in pytester.runpytest("--markers").stdout.str()
 
 
