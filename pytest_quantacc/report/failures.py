@@ -89,7 +89,7 @@ def _first_diverging_block(result: ModelResult, comparison: Comparison, r: Layer
     first = comparison.first_diverging
     if first is None:
         return []
-    this = " - this layer" if first is r else ""
+    this = " - this layer" if first.layer.tensor == r.layer.tensor else ""
     lines = [f"first diverging layer: {first.layer.name} ({first.layer.op_type}){this}", "",
              layer_table(comparison, first)]
     d = comparison.diagnosis
@@ -120,7 +120,7 @@ def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -
     workdir = [f"models (open in Netron): {result.artifacts.workdir}"] if result.artifacts is not None else []
     detail = (full + ([""] + _todo(comparison) if comparison.diagnosis is not None else [])
               + ([""] + workdir if workdir else []))
-    if first is r or first is None:
+    if first is None or first.layer.tensor == r.layer.tensor:  # by tensor: cached results are copies
         return FailureText(headline, tuple(own), tuple(full), tuple(detail))
     if r.own_breaks:
         own.append(f"  own error breaks the thresholds: a root cause of its own (first diverging layer: "

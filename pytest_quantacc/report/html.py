@@ -130,9 +130,15 @@ def _compared(comparison: Comparison) -> list[LayerResult]:
     return [r for r in comparison.layers if r.summary is not None and r.status != "skipped"]
 
 
+def is_root(r: LayerResult, comparison: Comparison) -> bool:
+    """``r`` is the comparison's first diverging layer (by tensor: results rebuilt from the cache are copies)."""
+    first = comparison.first_diverging
+    return first is not None and r.layer.tensor == first.layer.tensor
+
+
 def _flag(r: LayerResult, comparison: Comparison) -> str:
     """``root`` for the first diverging layer, ``own`` for a layer whose own error breaks the thresholds."""
-    if r is comparison.first_diverging:
+    if is_root(r, comparison):
         return "root"
     return "own" if r.own_breaks else ""
 
@@ -171,9 +177,8 @@ def chart(comparison: Comparison, kind: str) -> str:
                        f'<text x="{_LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#5b6573">{label}</text>')
     out.append(f'<text x="{_LEFT - 50}" y="{_TOP + _PLOT_H / 2:.0f}" fill="#1d2430" font-weight="600" '
                f'transform="rotate(-90 {_LEFT - 50} {_TOP + _PLOT_H / 2:.0f})" text-anchor="middle">{title}</text>')
-    root = comparison.first_diverging
     for i, r in enumerate(rows):
-        if r is root:
+        if is_root(r, comparison):
             w = max(span / len(rows), 2.0)
             out.append(f'<rect x="{x(i) - w / 2:.1f}" y="{_TOP}" width="{w:.1f}" height="{_PLOT_H}" fill="{_ROOT}" '
                        f'fill-opacity="0.15"/><path d="M{x(i) - 5:.1f},{_TOP} h10 l-5,8 z" fill="{_ROOT}">'
@@ -184,7 +189,7 @@ def chart(comparison: Comparison, kind: str) -> str:
     if own_pts:
         out.append(_polyline(own_pts, _OWN, "4,3", 1.2))
     for i, r in enumerate(rows):
-        if r.own_breaks and r is not root:
+        if r.own_breaks and not is_root(r, comparison):
             cx, cy = x(i), y(r.own[kind])
             out.append(f'<path d="M{cx:.1f},{cy - 4:.1f} l4,4 l-4,4 l-4,-4 z" fill="{_CULPRIT}"><title>'
                        f'{_e(r.layer.name)}: own error breaks the thresholds</title></path>')
@@ -226,7 +231,7 @@ def _data(comparison: Comparison) -> str:
 
 def _note(r: LayerResult, comparison: Comparison) -> str:
     first = comparison.first_diverging
-    if r is first:
+    if is_root(r, comparison):
         return "first diverging (root cause)"
     if r.inherited_from:
         return f"inherits from known-bad {r.inherited_from}"
