@@ -46,36 +46,58 @@ class ProgressLines:
 
     A phase's line is written when it starts and completed when it ends, so a long conversion or remedy shows
     what is running. Written with output capturing suspended (the phases run inside an item's ``runtest``),
-    as pytest's own live logging does; plain lines, so logs of non-terminal runs read the same.
+    as pytest's own live logging does; plain lines, so logs of non-terminal runs read the same. The lines
+    interrupt the line of progress letters of the item that asked for the model; :meth:`done` writes that
+    line's prefix again (the spec file, or the item's location with ``-v``), so its letter lands after it.
     """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.open: str | None = None  # the phase whose line waits for its duration
+        self.prefix: object = None  # the reporter's line prefix the first phase line interrupted
+        self.started = False
+
+    def _reporter(self):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        return (reporter, capture) if reporter is not None and capture is not None else (None, None)
 
     def for_model(self, name: str) -> Progress:
         def tell(label: str, seconds: float | None) -> None:
-            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            capture = self.config.pluginmanager.get_plugin("capturemanager")
-            if reporter is None or capture is None:
+            reporter, capture = self._reporter()
+            if reporter is None:
                 return
+            key = f"{name}: {label}"
             with capture.global_and_fixture_disabled():
-                if seconds is None:
-                    if self.open is not None:
-                        reporter.write("\n")  # a phase inside the open one: the open one ends later
-                    reporter.ensure_newline()
-                    reporter.write(f"{name}: {label} ...", flush=True)
-                    self.open = f"{name}: {label}"
-                elif self.open == f"{name}: {label}":
-                    reporter.write(f" {seconds:.1f} s\n", flush=True)
+                if seconds is not None and self.open == key:
+                    reporter.write(f" {seconds:.1f} s", flush=True)  # completes the open line
                     self.open = None
+                    return
+                if not self.started:
+                    self.started, self.prefix = True, reporter.currentfspath
+                    reporter.ensure_newline()
                 else:
-                    if self.open is not None:
-                        reporter.write("\n")
-                    reporter.ensure_newline()
-                    reporter.write(f"{name}: {label} ... {seconds:.1f} s\n", flush=True)
-                    self.open = None
+                    reporter.write("\n")  # each line is ended by the next one, or by done()
+                reporter.write(f"{key} ..." + ("" if seconds is None else f" {seconds:.1f} s"), flush=True)
+                self.open = key if seconds is None else None
         return tell
+
+    def done(self) -> None:
+        """End the last phase line and restore the interrupted line's prefix."""
+        if not self.started:
+            return
+        self.started, self.open = False, None
+        reporter, capture = self._reporter()
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled():
+            if isinstance(self.prefix, Path):
+                reporter.write_fspath_result(str(self.prefix.relative_to(self.config.rootpath)), "")
+            elif isinstance(self.prefix, str):
+                reporter.write_ensure_prefix(self.prefix)
+            else:
+                reporter.write("\n")
+            reporter.flush()
 
 
 @dataclass
@@ -171,6 +193,8 @@ class QuantaccRun:
             except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
                 # Remembered like a result: every item of the model reports it, none of them re-runs it.
                 evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))
+            if self.progress is not None:
+                self.progress.done()
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]
