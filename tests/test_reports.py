@@ -145,7 +145,8 @@ def test_marker_and_ini_keys(pytester, workdir, outlier):
     unmarked = pytester.runpytest("--quantacc", "spec.yaml", "test_plain.py", "--quantacc-workdir", str(workdir),
                                   "-p", "no:randomly", "-m", "not quantacc", "--collect-only", "-q")
     assert unmarked.stdout.lines[0] == "test_plain.py::test_plain" and "14 deselected" in unmarked.stdout.str()
-    assert "quantacc: a quantization-accuracy check" in pytester.runpytest("--markers").stdout.str()
+    markers = pytester.runpytest("--markers").stdout.str()
+    assert "quantacc: quantacc(**defaults)" in markers and "Every item collected from a spec" in markers
 
 
 def test_temporary_work_folder_is_removed_at_the_end(pytester, outlier, tmp_path, monkeypatch):

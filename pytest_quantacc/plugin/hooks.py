@@ -7,6 +7,7 @@ wires pytest to the session state (:mod:`.session`) and the report modules.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="convert and evaluate every model afresh: ignore and do not store cached results")
     group.addoption("--quantacc-clear-cache", action="store_true", default=False,
                     help="delete the cached conversions and results of every model before the run")
+    group.addoption("--quantacc-schema", action="store_true", default=False,
+                    help="print the JSON Schema of the spec format (for editors and pre-commit) and exit")
     group.addoption("--quantacc-baseline-update", action="store_true", default=False,
                     help="record each model's per-layer metrics as its baseline (<spec>.baseline.json); refused "
                          "when the CI environment variable is set")
@@ -62,23 +65,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="default for --quantacc-remedies: remedy attempts for a failing model (0 turns them off)")
 
 
-# One registration for both uses of the name: the items collected from specs, and Python tests that use the
-# quantacc fixture (the marker's keyword arguments set that fixture's defaults).
-MARKER = ("quantacc: a quantization-accuracy check. Every item collected from a spec with --quantacc carries "
-          "it (select or deselect them with -m quantacc / -m 'not quantacc' in a mixed suite); on a Python test "
-          "using the quantacc fixture, quantacc(thresholds=..., ...) sets the fixture's defaults for that test.")
+# The spec items' part of the quantacc marker's description (registered once, with the fixture's part).
+SPEC_ITEMS_MARKER = ("Every item collected from a spec with --quantacc carries it too: -m quantacc / -m 'not quantacc' "
+                     "select or deselect the accuracy gates in a mixed suite.")
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--quantacc-schema`` prints the spec's JSON Schema and ends the run (exit 0).
+
+    On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
     starting late would otherwise delete the model folders another worker is writing."""
+    if config.getoption("quantacc_schema", False):
+        from importlib.resources import files
+
+        sys.stdout.write(files("pytest_quantacc.spec").joinpath("schema.json").read_text(encoding="utf-8"))
+        sys.stdout.flush()
+        return 0
     if hasattr(config, "workerinput") and config.getoption("quantacc", False):
         config.option.cacheclear = False
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", MARKER)
+    from . import fixture
+
+    # One registration for both uses of the name (fixture.MARKER_HELP: the fixture's defaults).
+    config.addinivalue_line("markers", f"{fixture.MARKER}: {fixture.MARKER_HELP}. {SPEC_ITEMS_MARKER}")
+    config.pluginmanager.register(fixture, "quantacc-fixture")  # the quantacc fixture, always available
     if config.getoption("quantacc"):
         from .session import QuantaccRun
 
@@ -112,6 +126,8 @@ class _ResultReceiver:
         data = getattr(report, "quantacc_payload", None)
         if data is not None:
             self.run.receive(data)
+        for data in getattr(report, "quantacc_payloads", ()):  # a test's quantacc.check() results
+            self.run.receive(data)
         headline = getattr(report, "quantacc_headline", None)
         if headline is not None and isinstance(report.longrepr, str):
             # Before the terminal and JUnit read it: --tb=line and JUnit's message get the one line again.
@@ -130,21 +146,25 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         return report
     from .nodes import ModelItem, locate_skip
 
-    if not isinstance(item, ModelItem):
-        return report
-    locate_skip(item, report)
+    if isinstance(item, ModelItem):
+        locate_skip(item, report)
     if not hasattr(item.config, "workerinput"):
         return report
     from ..store.cache import payload
 
     crash = getattr(report.longrepr, "reprcrash", None)
-    if report.failed and crash is not None:
-        # xdist sends a failure that is not a traceback as its text: the headline travels beside it.
-        report.quantacc_headline = crash.message
-    key = (item.mspec.spec_path, item.mspec.name)
-    if key in run.evaluated and key not in run.sent:
-        run.sent.add(key)
-        report.quantacc_payload = payload(run.evaluated[key])
+    if isinstance(item, ModelItem):
+        if report.failed and crash is not None:
+            # xdist sends a failure that is not a traceback as its text: the headline travels beside it.
+            report.quantacc_headline = crash.message
+        key = (item.mspec.spec_path, item.mspec.name)
+        if key in run.evaluated and key not in run.sent:
+            run.sent.add(key)
+            report.quantacc_payload = payload(run.evaluated[key])
+    keys = [k for k in getattr(item, "quantacc_keys", ()) if k in run.evaluated and k not in run.sent]
+    if keys:
+        run.sent.update(keys)
+        report.quantacc_payloads = [payload(run.evaluated[k]) for k in keys]
     return report
 
 

@@ -286,9 +286,16 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
                    f"and zero point): its precision is set on {where.producer}")
     why += explain(stats)
     remedy, tried = None, ()
-    if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
+    foreign = result.spec.quantized
+    if attempts > 0 and foreign is None and any(r.status == FAILED for r in fixed.layers):
         remedy, tried = search(trial, d, where, stats, attempts, progress)
     todo = [_site_aware(t, where) for t in d.todo]
+    if foreign is not None:
+        # Remedies are verified by re-quantizing with patched settings; the settings here are another tool's.
+        todo = [f"remedy search: pytest-quantacc cannot re-quantize a model another tool quantized ({foreign.name}); "
+                "no remedy was tried. The hints below name our quantizer's settings: apply their counterpart in "
+                "your tool, or gate the float model with our conversion to have remedies verified",
+                *todo]
     # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
     best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
     if remedy is not None:

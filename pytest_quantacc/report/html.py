@@ -323,7 +323,8 @@ def _agreement(result: ModelResult) -> str:
         f'<td class="l">{_e(t.tensor)}</td><td>{t.max_steps}</td><td>{100 * t.mismatch_rate:.2f}%</td>'
         + "".join(f"<td>{t.histogram[k]}</td>" for k in keys) + "</tr>" for t in a.tensors)
     head = "".join(f"<th>{_e(k)} steps</th>" for k in keys)
-    return (f'<h3>fixed vs offline <span class="badge {status}">{status}</span></h3><div class="meta">worst '
+    return (f'<h3>{_e(a.reference)} vs {_e(a.target)} <span class="badge {status}">{status}</span></h3>'
+            f'<div class="meta">worst '
             f"{_e(w.tensor)}: {100 * w.mismatch_rate:.2f}% of elements beyond {a.tolerance_steps} steps (gate "
             f"{100 * a.max_mismatch_rate:.2f}%), max {w.max_steps}"
             + (f"; first beyond the gate in graph order: {_e(first.tensor)}" if first is not None else "")
@@ -401,7 +402,7 @@ def _models_table(results: list[ModelResult], verdicts: list[Status], order: lis
                     + f'<td class="l">{_e(first)}</td><td class="l">{_e(diag)}</td><td class="l">{agree}</td></tr>')
     return ('<table class="qa-models"><thead><tr><th class="l">model</th><th class="l">spec</th><th class="l">status'
             '</th><th>failed</th><th>xfailed</th><th>xpassed</th><th>passed</th><th>skipped</th><th class="l">first '
-            'diverging</th><th class="l">diagnosis</th><th class="l">fixed vs offline</th></tr></thead><tbody>'
+            'diverging</th><th class="l">diagnosis</th><th class="l">agreement (steps)</th></tr></thead><tbody>'
             + "".join(rows) + "</tbody></table>")
 
 
