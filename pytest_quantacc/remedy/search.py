@@ -24,6 +24,7 @@ from ..engine.judge import finish
 from ..engine.metrics import Accumulator, accumulate
 from ..engine.ort_backend import plan_passes
 from ..engine.passes import default_budget
+from ..engine.progress import Progress, timed
 from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
@@ -194,7 +195,7 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
 
 
 def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[TensorStats, ...],
-           budget: int) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+           budget: int, progress: Progress | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
     """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt)."""
     q = trial.mspec.quantization
     tried: list[Attempt] = []
@@ -202,7 +203,8 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
     def attempt(label: str, patch: dict) -> Attempt | None:
         if len(tried) >= budget:
             return None
-        a = trial.run(label, patch)
+        with timed(progress, f"remedy {len(tried) + 1}/{budget}: {label}"):
+            a = trial.run(label, patch)
         tried.append(a)
         return a
 
@@ -257,12 +259,13 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
 
 
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
-           memory_budget: int | None = None, prepared: PreparedModel | None = None) -> ModelResult:
+           memory_budget: int | None = None, prepared: PreparedModel | None = None,
+           progress: Progress | None = None) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
     evaluation per attempt, so they run only when a layer fails (not when it is xfailed) and at most
-    ``attempts`` times (0: none).
+    ``attempts`` times (0: none). ``progress`` is told when each attempt starts and ends.
     """
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
@@ -285,7 +288,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     remedy, tried = None, ()
     foreign = result.spec.quantized
     if attempts > 0 and foreign is None and any(r.status == FAILED for r in fixed.layers):
-        remedy, tried = search(trial, d, where, stats, attempts)
+        remedy, tried = search(trial, d, where, stats, attempts, progress)
     todo = [_site_aware(t, where) for t in d.todo]
     if foreign is not None:
         # Remedies are verified by re-quantizing with patched settings; the settings here are another tool's.
