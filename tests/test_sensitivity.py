@@ -78,3 +78,23 @@ def test_ranking_puts_the_planted_sites_first(planted):
     worst = max(np.linalg.norm((v[out] - r[out]).astype(np.float64)) / np.linalg.norm(r[out].astype(np.float64))
                 for v, r in zip(values, ref))
     assert np.isclose(next(r for r in ranking if r.site.tensor == "w0").alone.rmse, worst, rtol=1e-9)
+
+
+def test_cnn_with_fused_relu_and_shared_ranges(tmp_path):
+    """On a QDQ CNN (Relu folded into Conv, Flatten sharing GlobalAveragePool's range) the switched graph
+    still reproduces fixed.onnx exactly, and the outlier channel's activation is the most sensitive site."""
+    import onnx
+    import zoo
+
+    zm = zoo.outlier_channel_cnn(tmp_path)
+    fixed_path = zoo.quantize_qdq(zm.model, zm.calib, tmp_path / "fixed.onnx")
+    float_model, fixed_model = onnx.load(str(zm.model)), onnx.load(str(fixed_path))
+    images = np.load(zm.eval)["input"]
+    samples = [{"input": images[i:i + 1]} for i in range(3)]
+    board = Switchboard(float_model, fixed_model, samples)
+    shared = {s.tensor: s.shared for s in board.sites if s.shared}
+    assert shared == {"gap_out": ("flatten_out",)}
+    fixed_run = Runner(fixed_model, [], optimize=False)
+    assert _max_diff(board.run([INT8] * len(board.sites)), [fixed_run.run(s) for s in samples]) == 0.0
+    top = rank(board)[0]
+    assert top.site.tensor == "relu3_out" and top.site.kind == "activation"

@@ -93,7 +93,7 @@ class _Params:
     zero_point: np.ndarray
     axis: int | None
     quantized: np.ndarray | None = None  # weights: fixed.onnx's quantized initializer
-    bias: tuple[str, str, int, np.ndarray, np.ndarray, np.ndarray] | None = None  # (float name, node, input, q, s, zp)
+    bias: tuple[str, int, np.ndarray, np.ndarray, np.ndarray] | None = None  # (float name, input index, q, s, zp)
 
 
 def _attr(node: onnx.NodeProto, name: str) -> int | None:
@@ -136,7 +136,7 @@ def find_sites(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> tu
     graph_inputs = {i.name for i in float_model.graph.input}
     users: dict[str, list[onnx.NodeProto]] = {}
     for n in fixed_model.graph.node:
-        for k, t in enumerate(n.input):
+        for t in n.input:
             users.setdefault(t, []).append(n)
 
     def arr(name: str) -> np.ndarray:
@@ -157,7 +157,8 @@ def find_sites(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> tu
             seen.add(t)
             owner = shared_by.get((n.input[1], n.input[2]))
             if owner is not None:  # the quantizer shares the range: the tensor follows the site that owns it
-                sites[owner] = replace(sites[owner], shared=sites[owner].shared + (t,))
+                sites[owner] = replace(sites[owner], shared=sites[owner].shared + (t,),
+                                       consumers=sites[owner].consumers + tuple(f_users.get(t, [])))
                 continue
             shared_by[(n.input[1], n.input[2])] = len(sites)
             zp = arr(n.input[2])
@@ -184,7 +185,7 @@ def find_sites(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> tu
         if i is not None:
             zp = arr(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.int32)
             params[i] = _Params(params[i].scale, params[i].zero_point, params[i].axis, params[i].quantized,
-                                (fn.input[k], fn.name, k, arr(dq.input[0]), arr(dq.input[1]), zp))
+                                (fn.input[k], k, arr(dq.input[0]), arr(dq.input[1]), zp))
     return sites, params
 
 
@@ -281,7 +282,7 @@ def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
         pick(site, site.tensor, d8, d16, f"{p}_value", nodes, p)
         rename[(fn.name, k)] = f"{p}_value"
         if par.bias is not None:
-            b_float, _, bk, bq, bs, bzp = par.bias
+            b_float, bk, bq, bs, bzp = par.bias
             bias_nodes: list[onnx.NodeProto] = []
             b8 = b_float
             if level != FLOAT:
