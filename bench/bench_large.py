@@ -91,8 +91,9 @@ def child_engine(spec: Path, work: Path, method: str = "minmax", split: bool = F
     from dataclasses import replace
 
     from pytest_quantacc import evaluate_model, load_spec
-    from pytest_quantacc.convert import model_inputs, prepare_float, quantize
-    from pytest_quantacc.data import load_samples
+    from pytest_quantacc.convert.prepare import model_inputs, prepare_float
+    from pytest_quantacc.convert.quantize import quantize
+    from pytest_quantacc.samples import load_samples
 
     mspec = load_spec(spec).models[0]
     mspec = replace(mspec, quantization=replace(mspec.quantization, method=method))

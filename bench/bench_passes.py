@@ -56,16 +56,16 @@ def per_sample_bytes(spec: Path, base: Path) -> int:
     import onnx
 
     from pytest_quantacc import evaluate_model, load_spec
-    from pytest_quantacc.engine import plan_passes
-    from pytest_quantacc.match import match_layers
+    from pytest_quantacc.engine.ort_backend import plan_passes
+    from pytest_quantacc.graph.match import match_layers
 
     mspec = load_spec(spec).models[0]
     result = evaluate_model(mspec, base, memory_budget=1 << 50)  # converts (untimed) and fills the cache
     assert result.error is None, result.error
     f = onnx.load(str(result.artifacts.float_model), load_external_data=False)
     q = onnx.load(str(result.artifacts.fixed_model), load_external_data=False)
-    from pytest_quantacc.data import load_samples
-    from pytest_quantacc.onnxgraph import input_infos
+    from pytest_quantacc.samples import load_samples
+    from pytest_quantacc.graph.structure import input_infos
 
     evals = load_samples(mspec.evaluation.path, None, input_infos(f), spec, "evaluation.data")
     return plan_passes(f, match_layers(f, q), evals, set(mspec.modes), 1, 2).per_sample

@@ -123,8 +123,9 @@ def child(args) -> None:
     import pytest_quantacc
     from pytest_quantacc import evaluate_model, load_spec
 
-    ev = sys.modules["pytest_quantacc.engine"]
-    sim = sys.modules["pytest_quantacc.simulate"]
+    ev = sys.modules["pytest_quantacc.engine.ort_backend"]
+    met = sys.modules["pytest_quantacc.engine.metrics"]
+    sim = sys.modules["pytest_quantacc.engine.runner"]
     timers = collections.Counter()
 
     if "spin" in feats:
@@ -137,7 +138,7 @@ def child(args) -> None:
 
         ort.InferenceSession.__init__ = init
 
-    metric_fn = ev.tensor_metrics
+    metric_fn = met.tensor_metrics
     if "buffers" in feats:
         metric_fn = metrics_buffers
     if "f32" in feats:
@@ -152,7 +153,7 @@ def child(args) -> None:
         timers["metrics"] += time.perf_counter() - t
         return r
 
-    ev.tensor_metrics = timed_metrics
+    met.tensor_metrics = timed_metrics
 
     orig_run = sim.Runner.run
 
@@ -170,7 +171,7 @@ def child(args) -> None:
         pool = ThreadPoolExecutor(1)
         inflight = threading.BoundedSemaphore(100)  # about 1.5 samples of compared tensors (65 a sample here)
         pending = []
-        orig_compare, orig_finish = ev._compare, ev._finish
+        orig_compare, orig_finish = ev.accumulate, ev.finish
 
         def compare(acc, skips, tensor, f, q):
             inflight.acquire()
@@ -189,7 +190,7 @@ def child(args) -> None:
             pending.clear()
             return orig_finish(*a, **k)
 
-        ev._compare, ev._finish = compare, finish
+        ev.accumulate, ev.finish = compare, finish
 
     spec = load_spec(args.spec)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -18,12 +18,12 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "QuantaccInputError": "errors",
-    "ModelResult": "engine",
-    "evaluate": "engine",
-    "evaluate_model": "engine",
-    "ModelSpec": "spec",
-    "Spec": "spec",
-    "load_spec": "spec",
+    "ModelResult": "engine.results",
+    "evaluate": "engine.run",
+    "evaluate_model": "engine.run",
+    "ModelSpec": "spec.model",
+    "Spec": "spec.model",
+    "load_spec": "spec.parse",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -16,8 +16,8 @@ import yaml
 # so that each run does not import (and assertion-rewrite) them again
 import hypothesis  # noqa: F401  (its pytest plugin loads in the inner runs)
 import onnxruntime  # noqa: F401
-import pytest_quantacc.collect  # noqa: F401
-import pytest_quantacc.engine  # noqa: F401
+import pytest_quantacc.engine.run  # noqa: F401
+import pytest_quantacc.plugin.nodes  # noqa: F401
 import zoo
 
 SPEC = "spec.yaml"

@@ -11,10 +11,10 @@ import pytest
 from conftest import write_spec, zoo_entry
 
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.chunking import parse_size, plan, tensor_bytes
-from pytest_quantacc.data import load_samples
-from pytest_quantacc.onnxgraph import input_infos, prune
-from pytest_quantacc.simulate import Runner
+from pytest_quantacc.engine.passes import parse_size, plan, tensor_bytes
+from pytest_quantacc.samples import load_samples
+from pytest_quantacc.graph.structure import input_infos, prune
+from pytest_quantacc.engine.runner import Runner
 
 
 @pytest.mark.parametrize("text, expected", [("4GB", 4 * 1000 ** 3), ("512MiB", 512 << 20), ("2g", 2 << 30),
@@ -130,7 +130,7 @@ def test_bad_budget_is_a_usage_error(pytester, zoo_models):
 
 
 def test_remedy_search_in_passes_finds_the_same_remedy(tmp_path, zoo_models):
-    from pytest_quantacc.remedy import deepen
+    from pytest_quantacc.remedy.search import deepen
 
     zm = zoo_models["weight_outlier_cnn"]
     spec = load_spec(write_spec(tmp_path / "s.yaml", [zoo_entry("w", zm)]))

@@ -158,8 +158,8 @@ def test_no_cache_and_clear_cache(project):
 CONCURRENT = textwrap.dedent('''
     import json, os, sys, time
     from pathlib import Path
-    from pytest_quantacc.cache import evaluate_cached, payload
-    from pytest_quantacc.spec import load_spec
+    from pytest_quantacc.store.cache import evaluate_cached, payload
+    from pytest_quantacc.spec.parse import load_spec
 
     spec, base, barrier = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     mspec = load_spec(spec).models[0]
@@ -339,24 +339,24 @@ def test_file_digests_are_remembered_by_size_and_modification_time(tmp_path):
     modification time are unchanged, and recomputed (checked against hashlib) as soon as either changes."""
     import hashlib
 
-    from pytest_quantacc.convert import _file_digest
+    from pytest_quantacc.convert.workdir import file_digest
 
     f = tmp_path / "weights.data"
     f.write_bytes(b"a" * 1000)
-    first = _file_digest(f, tmp_path)
+    first = file_digest(f, tmp_path)
     assert first == hashlib.sha256(b"a" * 1000).hexdigest()
     assert json.loads((tmp_path / "digests.json").read_text())[str(f.resolve())][2] == first
     st = f.stat()
     f.write_bytes(b"b" * 1000)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and time: the remembered digest stands
-    assert _file_digest(f, tmp_path) == first
+    assert file_digest(f, tmp_path) == first
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert _file_digest(f, tmp_path) == hashlib.sha256(b"b" * 1000).hexdigest()
-    assert _file_digest(f) == hashlib.sha256(b"b" * 1000).hexdigest()  # without a memo: always hashed
+    assert file_digest(f, tmp_path) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert file_digest(f) == hashlib.sha256(b"b" * 1000).hexdigest()  # without a memo: always hashed
 
 
 def test_sealed_files_are_rehashed_when_their_stamp_changes(tmp_path):
-    from pytest_quantacc.cache import seal, verify
+    from pytest_quantacc.store.cache import seal, verify
 
     work = tmp_path / "m"
     work.mkdir()
@@ -376,7 +376,7 @@ def test_sealed_files_are_rehashed_when_their_stamp_changes(tmp_path):
 def test_seal_rehashes_changed_files_and_keeps_unchanged_digests(tmp_path):
     import hashlib
 
-    from pytest_quantacc.cache import seal
+    from pytest_quantacc.store.cache import seal
 
     work = tmp_path / "m"
     work.mkdir()

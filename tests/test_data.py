@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_quantacc.data import InputInfo, Samples, load_samples
+from pytest_quantacc.samples import InputInfo, Samples, load_samples
 from pytest_quantacc.errors import QuantaccInputError
 
 KEY = "models[0].calibration.data"

@@ -17,9 +17,10 @@ import yaml
 from conftest import EXAMPLE, write_spec, zoo_entry
 
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.match import Layer, QParams
-from pytest_quantacc.remedy import _apply, deepen, patch_yaml, write_fix
-from pytest_quantacc.rootcause import activation_stats, site
+from pytest_quantacc.graph.match import Layer, QParams
+from pytest_quantacc.remedy.search import _apply, deepen
+from pytest_quantacc.remedy.fixfile import patch_yaml, write_fix
+from pytest_quantacc.remedy.rootcause import activation_stats, site
 
 _GLOBAL_KEYS = {"per_channel", "method", "activations", "weights"}
 
@@ -139,7 +140,7 @@ def test_example_diagnosis_patch_and_fix_file(failing_example):
 
 def test_html_page_of_a_passing_model(tmp_path, zoo_models):
     """A healthy model: charts and table, no diagnosis; node names are escaped (they come from the model)."""
-    from pytest_quantacc.htmlreport import page
+    from pytest_quantacc.report.html import page
 
     spec = load_spec(write_spec(tmp_path / "h.yaml", [zoo_entry("healthy<&>", zoo_models["healthy_cnn"])]))
     result = deepen(evaluate_model(spec.models[0], tmp_path / "work"))
@@ -161,8 +162,8 @@ def test_pytest_html_extra(failing_example):
 
 def test_patch_keeps_what_the_spec_already_has():
     """A patch replaces whole keys when pasted, so it must carry the spec's existing overrides and exclusions."""
-    from pytest_quantacc.remedy import _Knob, _patch
-    from pytest_quantacc.spec import Override, Quantization
+    from pytest_quantacc.remedy.search import _Knob, _patch
+    from pytest_quantacc.spec.model import Override, Quantization
 
     q = Quantization(overrides=(Override("a", "int16"),), exclude_nodes=("x",))
     knobs = [_Knob("w", "a", "weights", 1.0), _Knob("b", "b", "activations", 0.5), _Knob("f", "c", "exclude", 0.0)]

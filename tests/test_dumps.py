@@ -18,9 +18,9 @@ import pytest
 from conftest import EXAMPLE, write_spec
 from onnx import helper
 
-from pytest_quantacc.engine import evaluate_model
-from pytest_quantacc.report import model_json
-from pytest_quantacc.spec import load_spec
+from pytest_quantacc.engine.run import evaluate_model
+from pytest_quantacc.report.jsonreport import model_json
+from pytest_quantacc.spec.parse import load_spec
 
 NAMES = {r"re:\d{3}_(.+)": r"\1"}
 N = 16

@@ -10,7 +10,7 @@ from conftest import write_spec, zoo_entry
 
 import zoo
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.simulate import Runner
+from pytest_quantacc.engine.runner import Runner
 
 
 def run(tmp_path, name, zm, **extra):
@@ -142,7 +142,7 @@ def test_readme_snippet_gets_the_functions_even_after_the_engine_was_imported():
     import subprocess
     import sys
 
-    code = ("import pytest_quantacc.engine, pytest_quantacc.collect\n"
+    code = ("import pytest_quantacc.engine.run, pytest_quantacc.plugin.nodes\n"
             "from pytest_quantacc import load_spec, evaluate, evaluate_model\n"
             "print(callable(evaluate), callable(evaluate_model), callable(load_spec))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

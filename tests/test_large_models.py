@@ -21,9 +21,9 @@ from onnx import helper
 import corpus
 import zoo
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.cache import QuantaccCacheWarning, evaluate_cached
-from pytest_quantacc.extdata import INLINE_BYTES
-from pytest_quantacc.remedy import deepen
+from pytest_quantacc.store.cache import QuantaccCacheWarning, evaluate_cached
+from pytest_quantacc.graph.extdata import INLINE_BYTES
+from pytest_quantacc.remedy.search import deepen
 
 CHANNELS = [3, 96, 96, 96, 96]
 HW = 8

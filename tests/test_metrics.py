@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pytest_quantacc.metrics import Accumulator, AgreementAccumulator, tensor_metrics
+from pytest_quantacc.engine.metrics import Accumulator, AgreementAccumulator, tensor_metrics
 
 
 def reference(f: np.ndarray, q: np.ndarray) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 The model is the example's color_net (3 channels, NCHW, trained on RGB normalised with ImageNet's mean/std);
 the raw frames are uint8 BGR NHWC. Expected values come from hand-written numpy preprocessing here, not from
-pytest_quantacc.pipeline.reference.
+pytest_quantacc.convert.fold.reference.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import onnxruntime as ort
 import pytest
 from conftest import EXAMPLE, write_spec
 
-from pytest_quantacc.convert import model_inputs, prepare_float
-from pytest_quantacc.data import load_samples
-from pytest_quantacc.pipeline import check_pipeline
-from pytest_quantacc.spec import load_spec
+from pytest_quantacc.convert.prepare import model_inputs, prepare_float
+from pytest_quantacc.samples import load_samples
+from pytest_quantacc.engine.pipeline_check import check_pipeline
+from pytest_quantacc.spec.parse import load_spec
 
 PIPE = EXAMPLE / "pipeline"
 MEAN = [123.675, 116.28, 103.53]
@@ -142,7 +142,7 @@ def test_pipeline_spec_errors(tmp_path, preprocess, modes, expected):
     (PREPROCESS, "syntax error here", "cannot import hook.py: SyntaxError"),
 ])
 def test_pipeline_input_problems_fail_the_model(tmp_path, preprocess, hook, expected):
-    from pytest_quantacc.engine import evaluate_model
+    from pytest_quantacc.engine.run import evaluate_model
 
     extra = {}
     if hook is not None:

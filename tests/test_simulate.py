@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from pytest_quantacc.simulate import pipelined
+from pytest_quantacc.engine.runner import pipelined
 
 
 @pytest.mark.parametrize("overlap", [True, False])

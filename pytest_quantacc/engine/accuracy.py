@@ -1,0 +1,113 @@
+"""Task accuracy of the float and the deployable (offline) model on the labelled evaluation set.
+
+Layer metrics locate quantization damage; the question a release is signed off on is "how much accuracy
+did we lose" (vendors' "keep the loss within 1%"). This runs the float model and the deployable integer
+model (``fixed.onnx`` with all ONNX Runtime optimizations, as shipped) over the evaluation samples and
+scores one output of each against the labels. It is a separate pass from the layer comparison on purpose:
+it reads one output only, and keeps the layer engine unchanged; it runs only for specs that ask for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..convert.prepare import model_inputs
+from ..convert.workdir import Artifacts
+from ..graph.structure import FLOAT_TYPES, elem_types
+from ..samples import Samples, load_samples
+from ..spec.model import ModelSpec
+from .results import AccuracyResult
+from .runner import Runner
+
+
+
+
+def load_labels(mspec: ModelSpec, samples: int) -> np.ndarray:
+    """The first ``samples`` labels (the evaluation ``limit`` applies to labels as to data)."""
+    path = mspec.evaluation.labels
+    key = "evaluation.labels"
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise mspec.error(key, f"{path.name} is not a readable .npy array ({exc})") from None
+    if not isinstance(labels, np.ndarray) or labels.ndim == 0:
+        raise mspec.error(key, f"{path.name}: expected an array with one label per sample (.npy)")
+    if len(labels) < samples:
+        raise mspec.error(key, f"{path.name} holds {len(labels)} labels but the evaluation data has {samples} samples")
+    return labels[:samples]
+
+
+def _output(mspec: ModelSpec, model: onnx.ModelProto) -> str:
+    names = [o.name for o in model.graph.output]
+    wanted = mspec.evaluation.output
+    if wanted is not None:
+        if wanted not in names:
+            raise mspec.error("evaluation.output", f"the model has no output {wanted!r}; its outputs: {', '.join(names)}")
+        return wanted
+    types = elem_types(model)
+    floats = [n for n in names if types.get(n) in FLOAT_TYPES]
+    if not floats:
+        raise mspec.error("accuracy", "the model has no float output to score; name one with evaluation.output")
+    return floats[0]
+
+
+def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose arg-max over the last axis is the label (a batch of one per sample)."""
+    predictions = outputs.reshape(len(outputs), -1, outputs.shape[-1]).argmax(-1).reshape(len(outputs), -1)
+    return float(np.mean(predictions == labels.reshape(len(labels), -1)))
+
+
+def _user_metric(mspec: ModelSpec):
+    gate = mspec.accuracy
+    where = f"accuracy.metric ({gate.metric})"
+    spec = importlib.util.spec_from_file_location(f"quantacc_metric_{abs(hash(gate.module))}", gate.module)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise mspec.error(where, f"importing {gate.module.name} failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, gate.function, None)
+    if not callable(fn):
+        raise mspec.error(where, f"{gate.module.name} defines no function {gate.function}")
+    return fn
+
+
+def _score(mspec: ModelSpec, fn, outputs: np.ndarray, labels: np.ndarray) -> float:
+    try:
+        value = float(fn(outputs, labels))
+    except Exception as exc:  # a user metric failing is an input problem, reported with its words
+        raise mspec.error(f"accuracy.metric ({mspec.accuracy.metric})",
+                          f"the metric raised {type(exc).__name__}: {exc}") from None
+    if not np.isfinite(value):
+        raise mspec.error(f"accuracy.metric ({mspec.accuracy.metric})", f"the metric returned {value}")
+    return value
+
+
+def task_accuracy(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int = 0) -> AccuracyResult:
+    """Score the float and the deployable model on ``evals``; input problems raise QuantaccInputError."""
+    gate = mspec.accuracy
+    labels = load_labels(mspec, len(evals))
+    name = _output(mspec, onnx.load(str(art.float_model), load_external_data=False))
+    fn = top1 if gate.function is None else _user_metric(mspec)
+    float_run = Runner(art.float_model, [name], optimize=False, threads=threads)
+    deployed = Runner(art.fixed_model, [name], optimize=True, threads=threads)
+    f_out, q_out = [], []
+    for sample in evals:
+        f_out.append(float_run.run(sample)[name])
+        q_out.append(deployed.run(sample)[name])
+    f_arr, q_arr = np.stack(f_out), np.stack(q_out)
+    if fn is top1 and labels.size != f_arr.size // f_arr.shape[-1]:
+        raise mspec.error("evaluation.labels", f"{len(labels)} labels do not fit output {name} "
+                          f"{list(f_arr.shape[1:])} per sample (top1 needs one label per row of the last axis)")
+    return AccuracyResult(gate.metric, name, _score(mspec, fn, f_arr, labels), _score(mspec, fn, q_arr, labels),
+                          len(evals), gate.max_drop)
+
+
+def evaluation_samples(mspec: ModelSpec, float_model: Path) -> Samples:
+    """The evaluation samples exactly as evaluation reads them (same checks, same limit)."""
+    return load_samples(mspec.evaluation.path, mspec.evaluation.limit, model_inputs(float_model), mspec.spec_path,
+                        f"{mspec.key}.evaluation.data")

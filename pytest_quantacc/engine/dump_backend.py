@@ -1,0 +1,179 @@
+"""The dump and command backends: a mode's tensors come from files an external tool wrote, not ONNX Runtime.
+
+With ``dumps.fixed`` in a spec, the float model still runs in ONNX Runtime (it is the reference), but the
+quantized side is whatever the vendor simulator dumped. ONNX Runtime's quantizer is not run: the vendor
+toolchain did the quantization, and its dumps are what must be gated. With ``command``, the harness first
+writes the evaluation inputs to files and runs the tool, which writes the dumps.
+
+Layers are then compared exactly as in the ONNX Runtime path (same metrics, thresholds, known_bad, report,
+diagnosis), except that there is no "own error" second pass: that needs a model the harness can rewire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from ..convert.prepare import model_inputs, prepare_float
+from ..errors import QuantaccInputError
+from ..graph.match import Layer, float_layers
+from ..graph.structure import prune
+from ..samples import Samples, load_samples
+from ..spec.dumps import Command, DumpSpec, read_qparams_file
+from ..spec.model import ModelSpec
+from .diagnose import diagnose
+from .dump_reader import DumpReader, write_inputs
+from .metrics import Accumulator
+from .passes import default_budget, plan, tensor_bytes
+from .results import CommandRun
+from .runner import Runner
+
+
+
+_TAIL = 2000  # characters of a command's output kept for the report
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= _TAIL else "..." + text[-_TAIL:]
+
+
+def run_command(mspec: ModelSpec, cmd: Command, fields: dict[str, str]) -> CommandRun:
+    """Run ``cmd`` with its placeholders filled, without a shell: each token is filled after splitting, so a
+    path with spaces or quotes stays one argument and nothing is ever interpreted by a shell."""
+    argv = tuple(token.format(**fields) for token in cmd.argv)
+    key = cmd.key.removeprefix(f"{mspec.key}.")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, cwd=mspec.spec_path.parent, capture_output=True, text=True, errors="replace",
+                              timeout=cmd.timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise mspec.error(key, f"command timed out after {cmd.timeout:g} s: {' '.join(argv)}"
+                          + (f"\nstderr (tail):\n{_tail(err)}" if err else "")) from None
+    except OSError as exc:
+        raise mspec.error(key, f"cannot run {argv[0]!r}: {exc}") from None
+    run = CommandRun(argv, proc.returncode, time.perf_counter() - t0, _tail(proc.stdout), _tail(proc.stderr))
+    if proc.returncode != 0:
+        raise mspec.error(key, f"command exited with status {proc.returncode}: {' '.join(argv)}\n"
+                          f"stderr (tail):\n{run.stderr or '(empty)'}")
+    return run
+
+
+def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None):
+    """Float model in ONNX Runtime vs dumped tensors, layer by layer (``evaluate_model`` for ``dumps`` specs)."""
+    from .results import ModelResult
+    from .metrics import accumulate
+    from .judge import finish
+
+    seconds: dict[str, float] = {}
+    command = None
+    try:
+        t0 = time.perf_counter()
+        float_path = prepare_float(mspec, base)
+        inputs = model_inputs(float_path)
+        evals = load_samples(mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path,
+                             f"{mspec.key}.evaluation.data" if mspec.evaluation != mspec.calibration
+                             else f"{mspec.key}.calibration.data")
+        dspec = mspec.dumps[0]
+        # A command writes into a fresh folder of its own per run: pytest-xdist workers may evaluate the same
+        # model at the same time, and stale dumps from an earlier run must never be read. Removed after reading.
+        scratch = (tempfile.TemporaryDirectory(dir=float_path.parent, prefix=f".command-{dspec.mode}.")
+                   if dspec.command is not None else contextlib.nullcontext(None))
+        with scratch as run_dir:
+            folder = dspec.path
+            if run_dir is not None:
+                folder, command = _produce(mspec, dspec, float_path, evals, Path(run_dir))
+                if dspec.qparams_in_out:
+                    extra = read_qparams_file(folder / dspec.qparams_in_out, lambda why: QuantaccInputError(
+                        mspec.spec_path, f"{dspec.key}.dequantize.file", why))
+                    dspec = replace(dspec, dequantize=replace(dspec.dequantize,
+                                                              tensors=dspec.dequantize.tensors + extra))
+            seconds["convert"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            comparison, compared, passes = _compare_dumps(mspec, dspec, folder, float_path, evals, threads,
+                                                          memory_budget, accumulate, finish)
+            seconds["simulate"] = time.perf_counter() - t0
+    except QuantaccInputError as exc:
+        return ModelResult(mspec, error=exc, seconds=seconds, command=command)
+    return ModelResult(mspec, None, (comparison,), None, quantized_layers=compared, samples=len(evals),
+                       seconds=seconds, command=command, passes=passes.count,
+                       memory=passes.describe() if passes.count > 1 else None)
+
+
+def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples,
+             run_dir: Path) -> tuple[Path, CommandRun]:
+    """Write the inputs, run the command into an empty folder, check it wrote something."""
+    inputs, out = run_dir / "inputs", run_dir / "out"
+    write_inputs(evals, inputs)
+    out.mkdir()
+    fields = {"python": sys.executable, "model": str(mspec.model), "float_model": str(float_path),
+              "calibration": str(mspec.calibration.path), "inputs": str(inputs), "out": str(out),
+              "spec_dir": str(mspec.spec_path.parent)}
+    run = run_command(mspec, dspec.command, fields)
+    if not any(out.iterdir()):
+        raise mspec.error(dspec.command.key.removeprefix(f"{mspec.key}."),
+                          f"the command exited 0 but wrote no dumps into {{out}} ({out})\n"
+                          f"stderr (tail):\n{run.stderr or '(empty)'}")
+    return out, run
+
+
+def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: Path, evals: Samples, threads: int,
+                   memory_budget: int | None, compare, finish):
+    float_model = onnx.load(str(float_path), load_external_data=False)
+    layers = [Layer(n, op, t, i) for i, (n, op, t) in enumerate(float_layers(float_model))]
+    node_outputs = {n.name: n.output[0] for n in float_model.graph.node if len(n.output) == 1}
+    reader = DumpReader(dspec, folder, mspec.spec_path, [lay.tensor for lay in layers], node_outputs)
+    if len(reader.samples) < len(evals):
+        raise reader.fail(f"{folder} holds {len(reader.samples)} dumped samples, but the evaluation data has "
+                          f"{len(evals)}; dumps must cover the evaluation samples, in order")
+    # Float tensor and dumped tensor of each layer are held at once; over the budget, in passes (chunking.py).
+    sizes = tensor_bytes(float_model, evals.largest_shapes())
+    passes = plan([lay.tensor for lay in layers], lambda t: 2 * sizes[t] if t in sizes else None,
+                  memory_budget if memory_budget is not None else default_budget(), 1)
+    accs: dict[str, Accumulator] = {}
+    skips: dict[str, str] = {}
+    seen: set[str] = set()
+    for chunk in passes.passes:
+        float_run = Runner(prune(float_model, list(chunk)), [], optimize=False, threads=threads,
+                           data_dir=float_path.parent)
+        for i, sample in enumerate(evals):
+            f = float_run.run(sample)
+            dumped = reader.load(i, {t: v.shape for t, v in f.items()})
+            seen |= dumped.keys()
+            for t in chunk:
+                if t in dumped:
+                    compare(accs, skips, t, f.get(t), dumped[t])
+        del float_run
+    if not seen:
+        names = sorted(reader.unmatched)[:8]
+        raise reader.fail(f"no dumped tensor matches a tensor or node of the float model (dump names: "
+                          f"{', '.join(names) or 'none'}; float tensors: "
+                          f"{', '.join(lay.tensor for lay in layers[:8])}); map them with 'names'")
+    missing = "no dumped tensor for this layer" + (f" in {folder}" if folder else "")
+    skips.update({lay.tensor: missing for lay in layers if lay.tensor not in seen})
+    comparison = finish(layers, accs, skips, mspec, "float", dspec.mode)
+    return (replace(comparison, diagnosis=_vendor_todo(diagnose(float_model, comparison), comparison)), len(seen),
+            passes)
+
+
+def _vendor_todo(diagnosis, comparison):
+    """The diagnosis's advice in toolchain terms: the spec's quantization keys do not drive a vendor tool, and a
+    dump can be misread (a wrong scale keeps cos near 1 while rmse grows)."""
+    if diagnosis is None:
+        return None
+    first = comparison.first_diverging
+    todo = [f"in the toolchain, raise {first.layer.name} (or its inputs: {', '.join(diagnosis.inputs) or 'none'}) "
+            f"to 16 bits, or try another calibration method / per-channel weights",
+            f"check how the dump of {first.layer.tensor} is read: names, layout, crop_channels, and its "
+            f"dequantize scale and zero point"]
+    if first.summary["cos"] >= first.thresholds.cos:
+        todo.insert(0, f"cos {first.summary['cos']:.4f} is fine but rmse is not: the values are proportional, "
+                       f"which points at a wrong dequantization scale for {first.layer.tensor}")
+    return replace(diagnosis, todo=tuple(todo))

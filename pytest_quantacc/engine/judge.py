@@ -1,0 +1,86 @@
+"""Every pass/fail rule: a layer's status from its metrics, inheritance from known_bad layers, the model's
+verdict.
+
+The engine, the cache's re-check of stored metrics and the reports all decide through these functions, so
+a threshold means the same thing wherever a result comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+import onnx
+
+from ..graph.match import Layer
+from ..graph.structure import ancestors
+from ..spec.model import KnownBad, ModelSpec, Thresholds
+from .metrics import Accumulator, Summary
+from .results import BaselineCheck, Comparison, Evaluated, FAILED, LayerResult, PASSED, SKIPPED, XFAILED, XPASSED
+
+
+
+def layer_status(summary: Summary, thresholds: Thresholds, known_bad: KnownBad | None) -> str:
+    ok = thresholds.passes(summary["cos"], summary["rmse"])
+    if known_bad is not None:
+        return XPASSED if ok else XFAILED
+    return PASSED if ok else FAILED
+
+
+def finish(layers: list[Layer], accs: dict[str, Accumulator], skips: dict[str, str], mspec: ModelSpec,
+            reference: str, target: str) -> Comparison:
+    results = []
+    for layer in layers:
+        thresholds = mspec.thresholds_for(layer.name)
+        kb = mspec.known_bad_for(layer.name)
+        reason = layer.skip or skips.get(layer.tensor)
+        acc = accs.get(layer.tensor)
+        if reason or acc is None or acc.samples == 0:
+            results.append(LayerResult(layer, acc.summary() if acc and acc.samples else None, thresholds, SKIPPED,
+                                       reason or "no samples compared", kb))
+            continue
+        summary = acc.summary()
+        results.append(LayerResult(layer, summary, thresholds, layer_status(summary, thresholds, kb),
+                                   kb.reason if kb else None, kb))
+    first = next((r for r in results if r.breaks), None)
+    return Comparison(reference, target, tuple(results), first)
+
+
+def inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
+    """An output that fails only because of an acknowledged known_bad layer upstream is xfailed, not red."""
+    layers = []
+    for r in outputs.layers:
+        twin = fixed.get(r.layer.tensor)
+        source = twin.inherited_from or (twin.layer.name if twin.known_bad else None) if twin else None
+        if r.status == FAILED and twin is not None and twin.status == XFAILED and source:
+            r = replace(r, status=XFAILED, inherited_from=source, reason=twin.reason)
+        layers.append(r)
+    return outputs.with_layers(tuple(layers))
+
+def apply_inheritance(float_model: onnx.ModelProto, comparison: "Comparison") -> "Comparison":
+    """Mark failures that only carry error from an upstream known_bad layer.
+
+    A failing layer whose own error is within thresholds did nothing wrong itself; if the nearest upstream
+    layer whose own error breaks is a known_bad one, the failure is that layer's, already acknowledged, and
+    must not turn the run red again: it becomes xfailed with ``inherited_from`` naming the source.
+    """
+    results = list(comparison.layers)
+    for i, r in enumerate(results):
+        if r.status != "failed" or r.own is None or r.own_breaks:
+            continue
+        upstream = ancestors(float_model, r.layer.tensor)
+        sources = [a for a in results if a.layer.tensor in upstream and a.own_breaks]
+        source = max(sources, key=lambda a: a.layer.position, default=None)
+        if source is not None and source.known_bad is not None:
+            results[i] = replace(r, status="xfailed", inherited_from=source.layer.name,
+                                 reason=f"inherits the error of known_bad layer {source.layer.name}: "
+                                        f"{source.known_bad.reason}")
+    return comparison.with_layers(tuple(results))
+
+
+def gates_fail(ev: Evaluated, check: BaselineCheck | None) -> bool:
+    """The accuracy gate or the baseline fails (the model is failed even when every layer passes)."""
+    if ev.accuracy_error is not None or (ev.accuracy is not None and not ev.accuracy.passed):
+        return True
+    if check is None or ev.result.error is not None:
+        return False
+    return bool(check.regressed or check.error or (not check.found and ev.result.spec.baseline.required))
+

@@ -1,0 +1,155 @@
+"""Per-sample tensor metrics (contract section 4) and streaming accumulators over samples.
+
+Computed in float64 on the flattened tensors: float32 sums over large activations lose the digits that
+separate cos 0.9999 from 0.9990. Accumulators keep sums and worst values only, so memory does not grow
+with the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NAMES = ("cos", "rmse", "mse", "sqnr_db", "max_abs")
+# For each metric, which direction is worse (worst-sample values are reported beside the mean).
+_WORSE_IS_LOWER = {"cos": True, "rmse": False, "mse": False, "sqnr_db": True, "max_abs": False}
+
+
+_CHUNK = 65536  # elements per block: three float64 blocks stay in a core's cache
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of products by numpy's pairwise summation, not BLAS: BLAS splits the sum across its own threads,
+    so the last bits would depend on the machine's core count (and OpenBLAS threads fighting ONNX Runtime's
+    thread pool made a 150k-element dot product 50x slower on a 2-core machine)."""
+    return float(np.sum(a * b))
+
+
+def tensor_metrics(f: np.ndarray, q: np.ndarray) -> dict[str, float]:
+    """cos, relative rmse, mse, sqnr_db and max_abs of target ``q`` against reference ``f`` (one sample).
+
+    The tensors are walked in cache-sized blocks, each cast to float64 once: converting whole activations
+    to float64 first made this function several times slower than running the model (memory traffic),
+    while float32 accumulation loses the digits that separate cos 0.9999 from 0.999.
+    """
+    f = np.asarray(f).reshape(-1)
+    q = np.asarray(q).reshape(-1)
+    if f.shape != q.shape:
+        raise ValueError(f"shape mismatch: reference has {f.size} elements, target {q.size}")
+    if f.size == 0:
+        return {"cos": 1.0, "rmse": 0.0, "mse": 0.0, "sqnr_db": math.inf, "max_abs": 0.0}
+    ff = qq = fq = dd = max_abs = 0.0
+    for start in range(0, f.size, _CHUNK):
+        a = f[start:start + _CHUNK].astype(np.float64)
+        b = q[start:start + _CHUNK].astype(np.float64)
+        d = np.subtract(b, a)
+        ff += _dot(a, a)
+        qq += _dot(b, b)
+        fq += _dot(a, b)
+        dd += _dot(d, d)
+        max_abs = max(max_abs, float(np.abs(d, out=d).max()))
+    if ff == 0.0 and qq == 0.0:
+        cos = 1.0
+    elif ff == 0.0 or qq == 0.0:
+        cos = 0.0
+    else:
+        cos = max(-1.0, min(1.0, fq / math.sqrt(ff * qq)))
+    if dd == 0.0:
+        rmse, sqnr = 0.0, math.inf
+    elif ff == 0.0:
+        rmse, sqnr = math.inf, -math.inf
+    else:
+        rmse, sqnr = math.sqrt(dd / ff), 10.0 * math.log10(ff / dd)
+    return {"cos": cos, "rmse": rmse, "mse": dd / f.size, "sqnr_db": sqnr, "max_abs": max_abs}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A layer's metrics over samples: mean and worst-sample value of each, and the sample count."""
+
+    mean: dict[str, float]
+    worst: dict[str, float]
+    samples: int
+
+    def __getitem__(self, name: str) -> float:
+        return self.mean[name]
+
+
+class Accumulator:
+    """Streaming mean and worst value of each metric over samples."""
+
+    def __init__(self) -> None:
+        self._sum = dict.fromkeys(NAMES, 0.0)
+        self._worst: dict[str, float] = {}
+        self.samples = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        self.samples += 1
+        for k in NAMES:
+            v = values[k]
+            self._sum[k] += v
+            w = self._worst.get(k)
+            if w is None or (v < w if _WORSE_IS_LOWER[k] else v > w):
+                self._worst[k] = v
+
+    def summary(self) -> Summary:
+        n = max(self.samples, 1)
+        return Summary(mean={k: s / n for k, s in self._sum.items()}, worst=dict(self._worst), samples=self.samples)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Fixed vs offline agreement of one quantized tensor, in quantization steps."""
+
+    tensor: str
+    elements: int
+    max_steps: int
+    mismatches: int  # elements differing by more than the tolerance
+    histogram: dict[str, int]  # "0", "1", "2", "3-4", "5-8", ">8" -> element count
+
+    @property
+    def mismatch_rate(self) -> float:
+        return self.mismatches / self.elements if self.elements else 0.0
+
+
+_BINS = (("0", 0, 0), ("1", 1, 1), ("2", 2, 2), ("3-4", 3, 4), ("5-8", 5, 8), (">8", 9, None))
+
+
+class AgreementAccumulator:
+    """Counts step differences between two integer tensors over samples."""
+
+    def __init__(self, tensor: str, tolerance: int) -> None:
+        self.tensor, self.tolerance = tensor, tolerance
+        self.elements = self.mismatches = self.max_steps = 0
+        self.bins = dict.fromkeys((b[0] for b in _BINS), 0)
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        steps = np.abs(a.astype(np.int64) - b.astype(np.int64)).ravel()
+        self.elements += steps.size
+        if steps.size:
+            self.max_steps = max(self.max_steps, int(steps.max()))
+        self.mismatches += int(np.count_nonzero(steps > self.tolerance))
+        counts = np.bincount(np.minimum(steps, 9), minlength=10)
+        for label, lo, hi in _BINS:
+            self.bins[label] += int(counts[lo:(hi + 1 if hi is not None else 10)].sum())
+
+    def result(self) -> Agreement:
+        return Agreement(self.tensor, self.elements, self.max_steps, self.mismatches, dict(self.bins))
+
+
+def accumulate(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f, q) -> None:
+    """Add one sample of ``tensor`` (float ``f`` vs target ``q``) to its accumulator, or record why it cannot
+    be compared (missing in one model, not a float tensor, shapes differ)."""
+    if tensor in skips:
+        return
+    if f is None or q is None:
+        skips[tensor] = "tensor not produced in one of the models"
+    elif not (np.issubdtype(f.dtype, np.floating) and np.issubdtype(q.dtype, np.floating)):
+        skips[tensor] = f"non-float output ({f.dtype}); not quantized"
+    elif f.shape != q.shape:
+        skips[tensor] = f"shapes differ: float {list(f.shape)} vs {list(q.shape)}"
+    else:
+        acc.setdefault(tensor, Accumulator()).add(tensor_metrics(f, q))
+

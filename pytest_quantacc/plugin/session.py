@@ -1,0 +1,133 @@
+"""Per-session state: where artifacts go, and each model's results, computed on first request.
+
+The engine computes a model's results once (``QuantaccRun.evaluate``), through the cache; items, the
+summary and the output files read them from here. Under pytest-xdist the controller receives the results
+workers computed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+import pytest
+
+from ..convert.workdir import workdir_for
+from ..engine.passes import default_budget, parse_size
+from ..engine.results import BaselineCheck, Evaluated, ModelResult
+from ..remedy.search import DEFAULT_ATTEMPTS, deepen
+from ..spec.model import ModelSpec
+from ..spec.parse import load_spec
+from ..store.baseline import check_baseline
+from ..store.cache import evaluate_cached, locked, restore
+
+
+
+_WRITTEN_SUFFIXES = (".fix.yaml",)
+
+
+@dataclass
+class QuantaccRun:
+    """Per-session state: where artifacts go, and each model's results, computed on first request."""
+
+    base: Path
+    threads: int
+    patterns: tuple[str, ...]
+    explicit: frozenset[Path]
+    results: dict[tuple[Path, str], ModelResult] = field(default_factory=dict)
+    remedies: int = DEFAULT_ATTEMPTS  # remedy attempts for a failing model (0: none)
+    use_cache: bool = True
+    baseline_update: bool = False
+    tolerance_cos: float = 0.001
+    tolerance_rmse: float = 0.01
+    evaluated: dict[tuple[Path, str], Evaluated] = field(default_factory=dict)
+    checks: dict[tuple[Path, str], BaselineCheck] = field(default_factory=dict)
+    sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
+    written_baselines: list[Path] = field(default_factory=list)
+    memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> QuantaccRun:
+        workdir = config.getoption("quantacc_workdir")
+        if workdir:
+            base = Path(workdir).resolve()
+        elif getattr(config, "cache", None) is not None:
+            base = Path(config.cache.mkdir("quantacc"))
+        else:
+            base = Path(tempfile.mkdtemp(prefix="quantacc-"))
+        here = config.invocation_params.dir
+        explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
+        remedies = config.getoption("quantacc_remedies", None)
+        budget = config.getoption("quantacc_memory_budget") or config.getini("quantacc_memory_budget") or None
+        if budget is not None:
+            try:
+                budget = parse_size(budget)
+            except ValueError as exc:
+                raise pytest.UsageError(f"--quantacc-memory-budget / quantacc_memory_budget: {exc}") from None
+        else:
+            # The default share of memory is per machine: pytest-xdist workers evaluate at the same time.
+            workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+            budget = default_budget()
+            budget = budget // workers if budget and workers > 1 else None
+        return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
+                   remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
+                   use_cache=not config.getoption("quantacc_no_cache"),
+                   baseline_update=config.getoption("quantacc_baseline_update"),
+                   tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
+                   tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
+                   memory_budget=budget)
+
+    def wants(self, path: Path) -> bool:
+        """A YAML file named on the command line, or one under a given directory that matches the patterns."""
+        if path.suffix not in (".yaml", ".yml"):
+            return False
+        if path.resolve() in self.explicit:
+            return True
+        # Files the plugin writes next to a spec (--quantacc-fix) are not specs of their own in a directory run.
+        if path.name.endswith(_WRITTEN_SUFFIXES):
+            return False
+        return any(fnmatch.fnmatch(path.name, p) for p in self.patterns)
+
+    def result(self, mspec: ModelSpec) -> ModelResult:
+        return self.evaluate(mspec).result
+
+    def evaluate(self, mspec: ModelSpec) -> Evaluated:
+        """The model's result through the cache: computed once per session (and once across processes)."""
+        key = (mspec.spec_path, mspec.name)
+        if key not in self.evaluated:
+            evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
+                                        self.memory_budget)
+            # Diagnosis statistics and remedy search are not cached: they run only for failing models. They read
+            # the model folder and write attempts into it, so under its lock: another xdist worker may be
+            # rebuilding the folder (always, with --quantacc-no-cache).
+            with locked(workdir_for(self.base, mspec)):
+                evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
+                                                            self.memory_budget))
+            self.evaluated[key] = evaluated
+            self.results[key] = evaluated.result
+        return self.evaluated[key]
+
+    def receive(self, payload: dict) -> None:
+        """Take a result an xdist worker computed (the controller reports what the workers measured)."""
+        key = (Path(payload["result"]["spec"]), payload["result"]["name"])
+        if key in self.evaluated and self.evaluated[key].cache != "reused":
+            return  # two workers shared the model: keep the one that did the work
+        mspec = next(m for m in load_spec(key[0]).models if m.name == key[1])
+        self.evaluated[key] = restore(payload, mspec)
+        self.results[key] = self.evaluated[key].result
+
+    def ordered(self) -> list[Evaluated]:
+        """Results by spec path and model position: the same order in serial and xdist runs."""
+        return [self.evaluated[k] for k in sorted(self.evaluated, key=lambda k: (str(k[0]), self.evaluated[k]
+                                                                                .result.spec.index))]
+
+    def baseline_check(self, mspec: ModelSpec) -> BaselineCheck | None:
+        """The model against its recorded baseline; None while recording one (``--quantacc-baseline-update``)."""
+        if self.baseline_update:
+            return None
+        key = (mspec.spec_path, mspec.name)
+        if key not in self.checks:
+            self.checks[key] = check_baseline(mspec, self.result(mspec), self.tolerance_cos, self.tolerance_rmse)
+        return self.checks[key]

@@ -1,0 +1,127 @@
+"""Failure messages of the pytest items: what broke, where the comparison first diverged, why, what to do.
+"""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from ..engine.diagnose import offline_hints
+from ..engine.results import BaselineCheck, Comparison, LayerDelta, LayerResult, ModelResult, PipelineResult
+from ..spec.model import ModelSpec
+from .numbers import fmt_num
+
+
+
+def _row(r: LayerResult, mark: bool) -> list[str]:
+    s = r.summary
+    status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
+    own = r.own
+    return ["->" if mark else "", r.layer.name, r.layer.op_type, fmt_num(s["cos"] if s else None),
+            fmt_num(s["rmse"] if s else None), fmt_num(own["cos"] if own else None), fmt_num(own["rmse"] if own else None),
+            status]
+
+
+def layer_table(comparison: Comparison, around: LayerResult | None = None, context: int = 3) -> str:
+    """The compared layers around ``around`` (all when None), skipped layers left out."""
+    rows = [r for r in comparison.layers if r.status != "skipped"]
+    if around is not None and around in rows:
+        i = rows.index(around)
+        rows = rows[max(0, i - context): i + context + 1]
+    return tabulate([_row(r, r is around) for r in rows],
+                    headers=["", "layer", "op", "cos", "rmse", "own cos", "own rmse", "status"], tablefmt="simple")
+
+
+def _breaks(r: LayerResult) -> str:
+    s, t = r.summary, r.thresholds
+    parts = []
+    if s["cos"] < t.cos:
+        parts.append(f"cos {fmt_num(s['cos'])} < {t.cos}")
+    if s["rmse"] > t.rmse:
+        parts.append(f"rmse {fmt_num(s['rmse'])} > {t.rmse}")
+    return ", ".join(parts) or f"cos {fmt_num(s['cos'])}, rmse {fmt_num(s['rmse'])} within thresholds"
+
+
+def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> str:
+    """The failure message of one layer item: what broke, where the comparison first diverged, why, what to do."""
+    s = r.summary
+    lines = [
+        f"{result.spec.name}: {comparison.reference} vs {comparison.target}: layer {r.layer.name} "
+        f"({r.layer.op_type}, tensor {r.layer.tensor}): {_breaks(r)}",
+        f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}",
+    ]
+    first = comparison.first_diverging
+    if first is not None:
+        lines.append(f"first diverging layer: {first.layer.name} ({first.layer.op_type})"
+                     + (" - this layer" if first is r else ""))
+        lines.append("")
+        lines.append(layer_table(comparison, first))
+    d = comparison.diagnosis
+    if d is not None:
+        lines.append("")
+        lines.append(f"diagnosis ({d.kind}):")
+        lines += [f"  - {w}" for w in d.why]
+        lines.append("what to do:")
+        lines += [f"  - {t}" for t in d.todo]
+    if result.artifacts is not None:
+        lines.append("")
+        lines.append(f"models (open in Netron): {result.artifacts.workdir}")
+    return "\n".join(lines)
+
+
+def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> str:
+    s = r.summary
+    lines = [f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}",
+             f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
+    fx = result.comparison("float", "fixed")
+    if fx is not None:
+        lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(
+            f"cos {fmt_num(x.summary['cos'])} rmse {fmt_num(x.summary['rmse'])}"
+            for x in fx.layers if x.layer.tensor == r.layer.tensor and x.summary))
+        if fx.first_diverging is not None:
+            lines.append(f"  float vs fixed first diverges at {fx.first_diverging.layer.name}: start there")
+    return "\n".join(lines)
+
+
+def agreement_text(result: ModelResult) -> str:
+    a = result.agreement
+    q = result.spec.quantization
+    rows = [[t.tensor, t.max_steps, f"{100 * t.mismatch_rate:.2f}%"] + [t.histogram[k] for k in t.histogram]
+            for t in a.tensors]
+    keys = list(a.tensors[0].histogram) if a.tensors else []
+    table = tabulate(rows, headers=["tensor", "max steps", f"> {a.tolerance_steps} steps"] + [f"{k}" for k in keys],
+                     tablefmt="simple")
+    worst, first = a.worst, a.first_failing
+    head = (f"{result.spec.name}: fixed vs offline: worst tensor {worst.tensor}: "
+            f"{100 * worst.mismatch_rate:.2f}% of elements differ by more than {a.tolerance_steps} steps "
+            f"(gate {100 * a.max_mismatch_rate:.2f}%), max {worst.max_steps} steps") if worst else "nothing compared"
+    if first is not None and first is not worst:
+        head += (f"\nfirst tensor beyond the gate (graph order; later tensors inherit its difference): "
+                 f"{first.tensor}: {100 * first.mismatch_rate:.2f}%, max {first.max_steps} steps")
+    hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range)
+    return "\n".join([head, "", "step differences per tensor (element counts):", table]
+                     + ([""] + [f"hint: {h}" for h in hints] if hints else []))
+
+def pipeline_text(name: str, r: PipelineResult) -> str:
+    """The failure message of the original-vs-float item."""
+    lines = [f"{name}: original vs float: the original model on your preprocessing (preprocess.hook) does not "
+             f"match the model with the deployment preprocessing folded in (cos >= {r.cos})"]
+    for out, s in r.outputs:
+        lines.append(f"  output {out}: cos {s['cos']:.6f} (worst sample {s.worst['cos']:.6f}), rmse {s['rmse']:.4f}")
+    fits = [s for s in r.suspects if s.fits]
+    lines.append("")
+    if fits:
+        lines.append("what fits: your preprocessing behaves like the spec's preprocessing with this mistake:")
+        lines += [f"  - {s.mistake} (cos {s.cos:.6f})" for s in fits]
+    else:
+        lines.append("no usual mistake explains the difference alone; check the spec's mean/std/scale, color and "
+                     "layout against the hook")
+    lines.append("suspects tested (original model on the simulated mistake vs on your preprocessing):")
+    lines += [f"  {'*' if s.fits else ' '} {s.mistake}: cos {s.cos:.6f}" for s in r.suspects]
+    return "\n".join(lines)
+
+def regression_text(mspec: ModelSpec, check_: BaselineCheck, d: LayerDelta) -> str:
+    return (f"{mspec.name}: {d.comparison}: layer {d.text()}\n"
+            f"  got worse than its baseline by more than the tolerance (cos {check_.tolerance_cos}, "
+            f"rmse {check_.tolerance_rmse}); it still meets the absolute thresholds.\n"
+            f"baseline: {check_.path}\n"
+            f"If the change is intended, re-record it locally with --quantacc-baseline-update and commit the diff.")

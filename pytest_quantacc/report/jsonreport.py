@@ -1,0 +1,121 @@
+"""The JSON report (contract section 5, with the additive fields of later sections).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..engine.judge import gates_fail
+from ..engine.metrics import NAMES
+from ..engine.results import BaselineCheck, Evaluated, FAILED, LayerResult, ModelResult, PASSED
+from ..files import write_text
+from .numbers import finite, finite_tree
+
+
+
+REPORT_VERSION = 1
+
+
+def layer_json(r: LayerResult) -> dict:
+    d: dict = {"layer": r.layer.name, "op_type": r.layer.op_type, "tensor": r.layer.tensor}
+    if r.summary is not None:
+        d.update({k: finite(r.summary.mean[k]) for k in NAMES})
+        d["worst"] = {k: finite(v) for k, v in r.summary.worst.items()}
+    if r.own is not None:
+        d["own_cos"], d["own_rmse"] = finite(r.own["cos"]), finite(r.own["rmse"])
+    d["status"] = r.status
+    if r.reason:
+        d["reason"] = r.reason
+    if r.inherited_from:
+        d["inherited_from"] = r.inherited_from
+    return d
+
+
+def model_json(result: ModelResult, root: Path | None = None) -> dict:
+    spec = result.spec.spec_path
+    if root is not None:
+        try:
+            spec = spec.relative_to(root)
+        except ValueError:
+            pass
+    out: dict = {"name": result.spec.name, "spec": str(spec), "status": result.status, "samples": result.samples,
+                 "quantized_layers": result.quantized_layers, "passes": result.passes}
+    if result.error is not None:
+        out["error"] = result.error.message
+    if result.artifacts is not None:
+        out["artifacts"] = str(result.artifacts.workdir)
+    if result.command is not None:
+        c = result.command
+        out["command"] = {"argv": list(c.argv), "returncode": c.returncode, "seconds": round(c.seconds, 3),
+                          "stdout_tail": c.stdout, "stderr_tail": c.stderr}
+    if result.pipeline is not None:
+        p = result.pipeline
+        out["pipeline"] = {"status": PASSED if p.passed else FAILED, "cos_threshold": p.cos,
+                           "outputs": [{"tensor": n, "cos": finite(s["cos"]), "rmse": finite(s["rmse"]),
+                                        "worst_cos": finite(s.worst["cos"])} for n, s in p.outputs],
+                           "suspects": [{"mistake": x.mistake, "cos": x.cos, "fits": x.fits} for x in p.suspects]}
+    comps = []
+    for c in result.comparisons:
+        comps.append({
+            "reference": c.reference,
+            "target": c.target,
+            "first_diverging_layer": c.first_diverging.layer.name if c.first_diverging else None,
+            "layers": [layer_json(r) for r in c.layers],
+            **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
+                              "contributors": list(c.diagnosis.contributors), "why": list(c.diagnosis.why),
+                              "todo": list(c.diagnosis.todo), **diagnosis_json(c.diagnosis)}} if c.diagnosis else {}),
+        })
+    if result.agreement is not None:
+        a = result.agreement
+        comps.append({
+            "reference": "fixed", "target": "offline",
+            "first_diverging_layer": a.first_failing.tensor if a.first_failing else None,
+            "tolerance_steps": a.tolerance_steps, "max_mismatch_rate": a.max_mismatch_rate,
+            "status": PASSED if a.passed else FAILED,
+            "layers": [{"tensor": t.tensor, "max_steps": t.max_steps, "mismatch_rate": t.mismatch_rate,
+                        "elements": t.elements, "histogram": t.histogram,
+                        "status": PASSED if t.mismatch_rate <= a.max_mismatch_rate else FAILED} for t in a.tensors],
+        })
+    out["comparisons"] = comps
+    return out
+
+
+def diagnosis_json(d) -> dict:
+    """The remedy keys of a diagnosis (docs/CONTRACT.md, "Diagnosis and verified remedies")."""
+    return {"remedy": d.remedy, "remedy_result": finite_tree(d.remedy_result),
+            "remedy_attempts": [finite_tree(a.as_json()) for a in d.attempts],
+            "root_cause": [finite_tree(s.as_json()) for s in d.stats]}
+
+def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None) -> dict:
+    """``report.model_json`` plus ``accuracy``, ``baseline`` and ``cache``; status includes both gates."""
+    out = model_json(ev.result, root)
+    if gates_fail(ev, check):
+        out["status"] = FAILED
+    a = ev.accuracy
+    if a is not None:
+        out["accuracy"] = {"metric": a.metric, "output": a.output, "float": a.float_value, "offline": a.offline_value,
+                           "drop": a.drop, "max_drop": a.max_drop, "samples": a.samples,
+                           "status": "passed" if a.passed else FAILED}
+    elif ev.accuracy_error is not None:
+        out["accuracy"] = {"status": FAILED, "error": ev.accuracy_error.message}
+    if check is not None and ev.result.error is None:
+        out["baseline"] = {
+            "file": str(check.path), "found": check.found,
+            "tolerance": {"cos": check.tolerance_cos, "rmse": check.tolerance_rmse},
+            "regressed": [{"comparison": d.comparison, "layer": d.layer, "baseline": d.baseline, "now": d.now}
+                          for d in check.regressed],
+            "improved": [{"comparison": d.comparison, "layer": d.layer, "baseline": d.baseline, "now": d.now}
+                         for d in check.improved],
+            "stale": list(check.stale),
+            **({"error": check.error} if check.error else {}),
+        }
+    out["cache"] = ev.cache
+    return out
+
+
+def write_report(path: Path, run, root: Path | None = None) -> None:
+    """The JSON report (contract section 5 plus the additive CI fields) of every model the run evaluated."""
+    models = [model_json_ci(ev, run.baseline_check(ev.result.spec), root) for ev in run.ordered()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({"quantacc_report": REPORT_VERSION, "models": models}, indent=2) + "\n")

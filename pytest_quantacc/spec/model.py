@@ -1,0 +1,190 @@
+"""What the user wrote, validated: the spec as frozen dataclasses (contract section 2).
+
+Every later stage reads these; none of them reparses YAML. Imports neither onnx nor numpy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import QuantaccInputError
+from .dumps import DumpSpec
+from .preprocess import Preprocess
+
+
+
+SPEC_VERSION = 1
+
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+
+
+WEIGHT_TYPES = ("int8", "uint8", "int16", "uint16")
+
+
+MODES = ("float", "fixed", "offline")
+
+
+EXTRA_MODES = ("original",)  # opt-in: the user's own model on the user's own preprocessing (pipeline.py)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A layer fails when cos < ``cos`` or rmse > ``rmse`` (contract section 4)."""
+
+    cos: float = 0.99
+    rmse: float = 0.1
+
+    def passes(self, cos: float, rmse: float) -> bool:
+        return cos >= self.cos and rmse <= self.rmse
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Per-layer thresholds for node names matching ``pattern`` (a name or a glob)."""
+
+    pattern: str
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True)
+class KnownBad:
+    """A layer expected to fail: its test becomes xfail; ``strict`` turns an unexpected pass into a failure."""
+
+    layer: str
+    reason: str
+    strict: bool = False
+
+    def matches(self, layer: str) -> bool:
+        return fnmatch.fnmatchcase(layer, self.layer)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    path: Path
+    key: str  # key path in the spec, for error messages
+    limit: int | None = None
+    labels: Path | None = None  # evaluation only: one label per sample (.npy), for task accuracy
+    output: str | None = None  # evaluation only: the model output task accuracy reads (default: first float one)
+
+
+@dataclass(frozen=True)
+class Override:
+    """Per-node precision: the node's output activations and/or its weights in another type."""
+
+    node: str
+    activations: str | None = None
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class Quantization:
+    method: str = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = False
+    reduce_range: bool = False
+    activations: str = "uint8"
+    weights: str = "int8"
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()
+
+
+@dataclass(frozen=True)
+class OfflineGate:
+    """Fixed vs offline agreement gate.
+
+    ONNX Runtime's fused integer kernels round differently from fake-quant, so a healthy model shows
+    small differences; an element counts as a mismatch only beyond ``tolerance_steps`` quantization steps,
+    and the item fails when the worst tensor's mismatch rate exceeds ``max_mismatch_rate``.
+    """
+
+    tolerance_steps: int = 2
+    max_mismatch_rate: float = 0.01
+
+
+@dataclass(frozen=True)
+class AccuracyGate:
+    """Task accuracy: the deployable model may lose at most ``max_drop`` of the float model's accuracy.
+
+    Layer metrics say where quantization hurts; this is what the product owner signs off on ("keep the
+    accuracy loss within 1%"). ``metric`` is ``top1`` or a user function given as ``module.py:function``
+    (``module`` resolved against the spec's folder).
+    """
+
+    max_drop: float
+    metric: str = "top1"
+    module: Path | None = None  # set when metric is a user function
+    function: str | None = None
+
+
+@dataclass(frozen=True)
+class BaselineGate:
+    """The ratchet: a layer may not get worse than its recorded baseline by more than these tolerances.
+
+    ``None`` means the ini default (``quantacc_baseline_tolerance_cos`` / ``_rmse``); ``required`` turns a
+    missing baseline into a failure instead of a note.
+    """
+
+    cos: float | None = None
+    rmse: float | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    index: int
+    spec_path: Path
+    model: Path
+    calibration: DataSpec
+    evaluation: DataSpec
+    quantization: Quantization
+    modes: tuple[str, ...]
+    thresholds: Thresholds
+    layers: tuple[LayerRule, ...] = ()
+    known_bad: tuple[KnownBad, ...] = ()
+    offline: OfflineGate = field(default_factory=OfflineGate)
+    dumps: tuple[DumpSpec, ...] = ()  # modes whose tensors come from dumps instead of ONNX Runtime
+    preprocess: Preprocess | None = None  # deployment input folded into the float model
+    accuracy: AccuracyGate | None = None
+    baseline: BaselineGate = field(default_factory=BaselineGate)
+
+    @property
+    def key(self) -> str:
+        return f"models[{self.index}]"
+
+    def thresholds_for(self, layer: str) -> Thresholds:
+        """The first ``layers`` rule whose pattern matches the node name wins; else the model's thresholds."""
+        for rule in self.layers:
+            if fnmatch.fnmatchcase(layer, rule.pattern):
+                return rule.thresholds
+        return self.thresholds
+
+    def known_bad_for(self, layer: str) -> KnownBad | None:
+        return next((kb for kb in self.known_bad if kb.matches(layer)), None)
+
+    def error(self, key: str, problem: str) -> QuantaccInputError:
+        """An input error located at ``models[i].<key>`` of this model's spec file."""
+        return QuantaccInputError(self.spec_path, f"{self.key}.{key}" if key else self.key, problem)
+
+
+@dataclass(frozen=True)
+class BrokenModel:
+    """A model entry that failed validation; the other entries of the spec still run."""
+
+    index: int
+    name: str
+    error: QuantaccInputError
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    models: tuple[ModelSpec, ...]
+    broken: tuple[BrokenModel, ...] = ()
