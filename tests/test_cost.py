@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from pytest_quantacc.remedies.cost import compare_latency, node_costs, shares
+from pytest_quantacc.remedy.cost import compare_latency, node_costs, shares
 
 
 def _model():

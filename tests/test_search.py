@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from planted_remedies import gemm_chain
-from pytest_quantacc.remedies.search import output_predicate, search
-from pytest_quantacc.remedies.sensitivity import FLOAT, Switchboard, rank
+from pytest_quantacc.remedy.minimal import output_predicate, search
+from pytest_quantacc.remedy.sensitivity import FLOAT, Switchboard, rank
 
 
 def _found(tmp_path, weight_outliers, act_outliers, level=16):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from planted_remedies import gemm_chain
-from pytest_quantacc.remedies.sensitivity import FLOAT, INT8, INT16, Switchboard, build, rank, wide_params
-from pytest_quantacc.simulate import Runner
+from pytest_quantacc.remedy.sensitivity import FLOAT, INT8, INT16, Switchboard, build, rank, wide_params
+from pytest_quantacc.engine.runner import Runner
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..metrics import tensor_metrics
-from ..simulate import Runner
+from ..engine.metrics import tensor_metrics
+from ..engine.runner import Runner
 
 FLOAT, INT8, INT16 = 0, 8, 16  # per-site levels of a configuration
 ON_INPUT, WIDE_INPUT = "quantacc_on", "quantacc_wide"
