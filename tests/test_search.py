@@ -12,7 +12,7 @@ from pytest_quantacc.remedy.sensitivity import FLOAT, Switchboard, rank
 def _found(tmp_path, weight_outliers, act_outliers, level=16):
     float_model, fixed_model, samples = gemm_chain(tmp_path, weight_outliers, act_outliers)
     board = Switchboard(float_model, fixed_model, samples[:4])
-    ranking = [r.site.index for r in rank(board)]
+    ranking = [r.site.index for r in rank(board)[0]]
     pred = output_predicate(board, 0.99, 0.1, level)
     result = search(ranking, pred, budget=40)
     names = None if result.sites is None else {board.sites[i].tensor for i in result.sites}

@@ -64,7 +64,7 @@ def test_wide_params_keep_the_range():
 
 def test_ranking_puts_the_planted_sites_first(planted):
     _, _, _, board = planted
-    ranking = rank(board)
+    ranking, _ = rank(board)
     assert {r.site.tensor for r in ranking[:2]} == {"w0", "h2"}
     assert all(r.alone.rmse > 0.1 for r in ranking[:2]) and all(r.alone.rmse < 0.05 for r in ranking[2:])
     assert ranking[0].metric == "cos" and ranking[0].score >= ranking[1].score
@@ -96,5 +96,5 @@ def test_cnn_with_fused_relu_and_shared_ranges(tmp_path):
     assert shared == {"gap_out": ("flatten_out",)}
     fixed_run = Runner(fixed_model, [], optimize=False)
     assert _max_diff(board.run([INT8] * len(board.sites)), [fixed_run.run(s) for s in samples]) == 0.0
-    top = rank(board)[0]
+    top = rank(board)[0][0]
     assert top.site.tensor == "relu3_out" and top.site.kind == "activation"

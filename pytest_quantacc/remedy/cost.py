@@ -10,13 +10,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 
 COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_SIXTEEN = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,15 @@ class Latency:
     @property
     def slower_than_float(self) -> bool:
         return self.ms > self.float_ms
+
+
+def cost_json(s: Shares, lat: Latency | None) -> dict:
+    """``diagnosis.cost`` / an attempt's ``cost`` (docs/CONTRACT.md): the shares, and the latency if measured."""
+    out = {"shares": {k: round(v, 4) for k, v in asdict(s).items()}}
+    if lat is not None:
+        out.update(latency_ms=round(lat.ms, 3), latency_int8_ms=round(lat.int8_ms, 3),
+                   latency_float_ms=round(lat.float_ms, 3), slower_than_float=lat.slower_than_float)
+    return out
 
 
 def _shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
@@ -112,9 +123,39 @@ def shares(costs: Sequence[NodeCost], raised: set[str] = frozenset(), excluded: 
     return Shares(*m, *p)
 
 
-def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int = 1,
+def precisions(qdq_model: onnx.ModelProto) -> dict[str, int]:
+    """Bits of every counted node of a QDQ model: 16 when an input is dequantized from a 16-bit type, 8 when
+    from an 8-bit one; nodes without a dequantized input are absent (they run in float)."""
+    inits = {i.name: i.data_type for i in qdq_model.graph.initializer}
+    made = {t: n for n in qdq_model.graph.node for t in n.output}
+
+    def bits(dq: onnx.NodeProto) -> int:
+        q = made.get(dq.input[0])
+        zp = dq.input[2] if len(dq.input) > 2 and dq.input[2] else (
+            q.input[2] if q is not None and q.op_type == "QuantizeLinear" and len(q.input) > 2 else "")
+        dtype = inits.get(zp) or inits.get(dq.input[0]) or onnx.TensorProto.UINT8
+        return 16 if dtype in _SIXTEEN else 8
+
+    out = {}
+    for n in qdq_model.graph.node:
+        if n.op_type not in COUNTED_OPS:
+            continue
+        found = [bits(made[t]) for t in n.input if t in made and made[t].op_type == "DequantizeLinear"]
+        if found:
+            out[n.name] = max(found)
+    return out
+
+
+def shares_of(costs: Sequence[NodeCost], bits: Mapping[str, int]) -> Shares:
+    """Shares with each node at its ``bits`` (from :func:`precisions`; absent: float)."""
+    return shares(costs, {c.node for c in costs if bits.get(c.node) == 16},
+                  {c.node for c in costs if c.node not in bits})
+
+
+def latency_ms(model: onnx.ModelProto | Path, feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int = 1,
                warmup: int = 3) -> float:
-    """Median wall time of ``runs`` runs with all ONNX Runtime optimizations (integer kernels for QDQ)."""
+    """Median wall time of ``runs`` runs with all ONNX Runtime optimizations (integer kernels for QDQ). A path
+    is handed to ONNX Runtime as is, so a model with external data is not loaded into Python."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -122,7 +163,8 @@ def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], runs: in
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     fed = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in feeds.items() if k in fed}
     for _ in range(warmup):
@@ -135,7 +177,7 @@ def latency_ms(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], runs: in
     return statistics.median(times)
 
 
-def compare_latency(remedy: onnx.ModelProto, int8: onnx.ModelProto, float_model: onnx.ModelProto,
+def compare_latency(remedy: onnx.ModelProto | Path, int8: onnx.ModelProto | Path, float_model: onnx.ModelProto | Path,
                     feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int = 1) -> Latency:
     """The remedy's deployable model beside the int8 (fixed.onnx) and float models, measured the same way."""
     return Latency(*(latency_ms(m, feeds, runs, threads) for m in (remedy, int8, float_model)))

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+import time
 
+from ..engine.judge import finish
+from ..engine.metrics import Accumulator, accumulate
+from ..engine.results import FAILED, PASSED, Comparison
+from ..graph.match import Layer
+from ..spec.model import ModelSpec
 from .sensitivity import INT16, Switchboard
 
 Predicate = Callable[[frozenset[int]], tuple[bool, float]]
@@ -27,11 +33,12 @@ class SearchResult:
     sites: frozenset[int] | None
     evaluations: int
     curve: tuple[tuple[int, bool, float], ...]  # (k sites, passes, score) of every distinct evaluation
+    cut: str | None = None  # why the search stopped early (budget, deadline); ``sites`` is then the best so far
 
 
 class _Memo:
-    def __init__(self, predicate: Predicate, budget: int | None) -> None:
-        self.predicate, self.budget = predicate, budget
+    def __init__(self, predicate: Predicate, budget: int | None, deadline: float | None) -> None:
+        self.predicate, self.budget, self.deadline = predicate, budget, deadline
         self.seen: dict[frozenset[int], tuple[bool, float]] = {}
         self.order: list[frozenset[int]] = []
 
@@ -39,7 +46,9 @@ class _Memo:
         key = frozenset(sites)
         if key not in self.seen:
             if self.budget is not None and len(self.seen) >= self.budget:
-                raise _OutOfBudget
+                raise _OutOfBudget(f"evaluation budget ({self.budget}) spent")
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                raise _OutOfBudget(f"time budget spent after {len(self.seen)} evaluations")
             self.seen[key] = self.predicate(key)
             self.order.append(key)
         return self.seen[key]
@@ -50,12 +59,17 @@ class _OutOfBudget(Exception):
 
 
 def search(ranking: Sequence[int], predicate: Predicate, budget: int | None = None,
-           greedy_steps: int = GREEDY_STEPS, window: int = RERANK_WINDOW) -> SearchResult:
-    """Smallest set found of ``ranking``'s sites (most sensitive first) for which ``predicate`` passes."""
-    ev = _Memo(predicate, budget)
+           greedy_steps: int = GREEDY_STEPS, window: int = RERANK_WINDOW,
+           deadline: float | None = None) -> SearchResult:
+    """Smallest set found of ``ranking``'s sites (most sensitive first) for which ``predicate`` passes.
 
-    def result(found: frozenset[int] | None) -> SearchResult:
-        return SearchResult(found, len(ev.seen), tuple((len(k), *ev.seen[k]) for k in ev.order))
+    Past ``budget`` evaluations or ``deadline`` (``time.monotonic()``) the search stops and returns the
+    smallest passing set it has seen (None if none), saying so in ``cut``.
+    """
+    ev = _Memo(predicate, budget, deadline)
+
+    def result(found: frozenset[int] | None, cut: str | None = None) -> SearchResult:
+        return SearchResult(found, len(ev.seen), tuple((len(k), *ev.seen[k]) for k in ev.order), cut)
 
     try:
         if ev(())[0]:
@@ -92,8 +106,9 @@ def search(ranking: Sequence[int], predicate: Predicate, budget: int | None = No
             if trial and ev(trial)[0]:
                 found = trial
         return result(frozenset(found))
-    except _OutOfBudget:
-        return result(None)
+    except _OutOfBudget as exc:
+        passing = [k for k in ev.order if ev.seen[k][0]]
+        return result(min(passing, key=len) if passing else None, str(exc))
 
 
 def output_predicate(board: Switchboard, cos_min: float = 0.99, rmse_max: float = 0.1,
@@ -105,3 +120,60 @@ def output_predicate(board: Switchboard, cos_min: float = 0.99, rmse_max: float 
         margin = min((e.cos - cos_min) / (1.0 - cos_min), (rmse_max - e.rmse) / rmse_max)
         return e.cos >= cos_min and e.rmse <= rmse_max, margin
     return predicate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One configuration judged by the float-vs-fixed gates on the switchboard's samples."""
+
+    passes: bool
+    margin: float  # worst normalized margin over the gated layers: > 0 passes, < 0 fails
+    first_diverging_layer: str | None
+    outputs_cos: float | None
+    outputs_rmse: float | None
+
+
+def margin(cos: float, rmse: float, cos_min: float, rmse_max: float) -> float:
+    """The smaller of the two normalized threshold margins (1: perfect, 0: at a threshold, < 0: failing)."""
+    return min((cos - cos_min) / max(1.0 - cos_min, 1e-9), (rmse_max - rmse) / max(rmse_max, 1e-9))
+
+
+class Gates:
+    """The float-vs-fixed comparison's gates (engine/judge.py's ``finish``: per-layer thresholds, known_bad
+    layers xfail, model outputs are layers too) applied to switchboard values instead of a re-converted model,
+    so a candidate set costs one run per sample. ``verdicts`` keeps every configuration judged (the curve)."""
+
+    def __init__(self, board: Switchboard, layers: Sequence[Layer], mspec: ModelSpec) -> None:
+        self.board, self.layers, self.mspec = board, list(layers), mspec
+        self.compared = [lay for lay in self.layers if lay.skip is None and lay.tensor in board.kept]
+        self.verdicts: dict[tuple[frozenset[int], int], Verdict] = {}
+
+    def comparison(self, values: Sequence[dict]) -> Comparison:
+        accs: dict[str, Accumulator] = {}
+        skips: dict[str, str] = {}
+        for ref, val in zip(self.board.reference, values):
+            for lay in self.compared:
+                accumulate(accs, skips, lay.tensor, ref.get(lay.tensor), val.get(lay.tensor))
+        return finish(self.layers, accs, skips, self.mspec, "float", "fixed")
+
+    def judge(self, values: Sequence[dict]) -> Verdict:
+        comp = self.comparison(values)
+        gated = [r for r in comp.layers if r.status in (PASSED, FAILED) and r.summary is not None]
+        worst = min((margin(r.summary["cos"], r.summary["rmse"], r.thresholds.cos, r.thresholds.rmse)
+                     for r in gated), default=1.0)
+        outs = [r for r in comp.layers if r.summary is not None and r.layer.tensor in self.board.outputs]
+        first = next((r for r in comp.layers if r.status == FAILED), None)
+        return Verdict(first is None, worst, first.layer.name if first else None,
+                       min((r.summary["cos"] for r in outs), default=None),
+                       max((r.summary["rmse"] for r in outs), default=None))
+
+    def margin_of(self, values: list[dict]) -> float:
+        return self.judge(values).margin
+
+    def predicate(self, level: int = INT16) -> Predicate:
+        """Pass when fixed.onnx with the given sites at ``level`` passes every gate; the score is the margin."""
+        def predicate(sites: frozenset[int]) -> tuple[bool, float]:
+            v = self.judge(self.board.run(self.board.fixed_levels(sites, level)))
+            self.verdicts[(sites, level)] = v
+            return v.passes, v.margin
+        return predicate

@@ -10,16 +10,20 @@ float vs fixed only, and reports every attempt with the layer's and the outputs'
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
 import onnx
+
+from .. import __version__
 
 from ..convert.prepare import model_inputs
 from ..convert.quantize import quantize
-from ..convert.workdir import digest, read_manifest, write_manifest
+from ..convert.workdir import data_key, digest, read_manifest, write_manifest
 from ..engine.judge import finish
 from ..engine.metrics import Accumulator, accumulate
 from ..engine.ort_backend import plan_passes
@@ -27,12 +31,16 @@ from ..engine.passes import default_budget
 from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
+from ..files import write_text
 from ..graph.match import match_layers
-from ..graph.structure import prune
+from ..graph.structure import consumers, prune
 from ..samples import load_samples
 from ..spec.model import ModelSpec, Override, Quantization
+from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
 from .fixfile import patch_yaml
+from .minimal import Gates, search as minimal_search
 from .rootcause import Site, explain, gather, site
+from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, QuantSite, Switchboard, rank
 
 
 
@@ -160,7 +168,8 @@ class _Trial:
                 for lay in compared:
                     accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
         comp = finish(layers, accs, skips, mspec, "float", "fixed")
-        return _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
+        found = _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
+        return replace(found, model=str(art.fixed_model))
 
 
 def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
@@ -196,13 +205,20 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
 
 
 def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[TensorStats, ...],
-           budget: int) -> tuple[Attempt | None, tuple[Attempt, ...]]:
-    """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt)."""
+           budget: int, deadline: float | None = None,
+           cut: list[str] | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+    """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt).
+
+    Past ``deadline`` (``time.monotonic()``) no further attempt starts; what was skipped goes into ``cut``."""
     q = trial.mspec.quantization
     tried: list[Attempt] = []
 
     def attempt(label: str, patch: dict) -> Attempt | None:
         if len(tried) >= budget:
+            return None
+        if deadline is not None and time.monotonic() > deadline:
+            if cut is not None:
+                cut.append(f"remedy time spent: not tried: {label}")
             return None
         a = trial.run(label, patch)
         tried.append(a)
@@ -258,17 +274,208 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
     return passing, tuple(tried)
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """What the switchboard search found: the ranking, the chosen sites as a spec patch, and its account."""
+
+    sensitivity: tuple[dict, ...]
+    patch: dict | None
+    label: str | None
+    search: dict
+
+
+def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, samples: int,
+                    deadline: float | None) -> Mixed:
+    """Rank every quantized site on the first ``samples`` evaluation samples and find a small set to raise.
+
+    One switched session (sensitivity.py) over the float graph with fixed.onnx's own ranges: no
+    re-quantization per candidate. Candidates are judged by the real gates (minimal.Gates: every compared
+    layer and the outputs, per-layer thresholds, known_bad xfails); 16-bit first, float when even every site
+    at 16 bits fails. Graph inputs have no node to set a precision on and are not candidates.
+    """
+    t0 = time.perf_counter()
+    art = trial.art
+    float_full = onnx.load(str(art.float_model))
+    fixed_full = onnx.load(str(art.fixed_model)) if fixed_model.graph.initializer else fixed_model
+    tensors = [lay.tensor for lay in layers if lay.skip is None]
+    rows = list(itertools.islice(iter(trial.evals), max(1, samples)))
+    board = Switchboard(float_full, fixed_full, rows, threads=trial.threads, data_dir=art.workdir,
+                        tensors=tensors)
+    gates = Gates(board, layers, trial.mspec)
+    cut: list[str] = []
+    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline)
+    if measured < len(board.sites):
+        cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(board.sites)} sites")
+    candidates = [r.site.index for r in ranking if r.site.node]
+    found, level = None, INT16
+    for level in (INT16, FLOAT):
+        found = minimal_search(candidates, gates.predicate(level), deadline=deadline)
+        if found.cut:
+            cut.append(f"remedy time spent: set search stopped ({found.cut})")
+        if found.sites is not None or found.cut:
+            break
+    chosen = [board.sites[i] for i in sorted(found.sites or ())]
+    curve = [{"k": len(sites), "level": _LEVEL_NAMES[lv], "sites": sorted(board.sites[i].tensor for i in sites),
+              "passes": v.passes, "margin": v.margin, "first_diverging_layer": v.first_diverging_layer,
+              "outputs_cos": v.outputs_cos, "outputs_rmse": v.outputs_rmse}
+             for (sites, lv), v in gates.verdicts.items()]
+    account = {"samples": len(rows), "sites": len(board.sites), "ranked": measured, "evaluations": found.evaluations,
+               "runs": board.runs, "inference_seconds": round(board.seconds, 3),
+               "seconds": round(time.perf_counter() - t0, 3), "level": _LEVEL_NAMES[level],
+               "chosen": [{"node": x.node, "site": x.tensor, "kind": x.kind} for x in chosen],
+               "found": found.sites is not None, "cut": cut, "curve": curve}
+    if not chosen:
+        return Mixed(tuple(r.as_json() for r in ranking), None, None, account)
+    knobs = [_site_knob(x, level, _setting_node(float_full, x)) for x in chosen]
+    label = f"mixed precision: {' + '.join(k.label for k in knobs)}"
+    return Mixed(tuple(r.as_json() for r in ranking), _patch(trial.mspec.quantization, knobs), label, account)
+
+
+_LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
+
+
+def _setting_node(float_model: onnx.ModelProto, x: QuantSite) -> str:
+    """Where a site's 16-bit setting goes: its node, except that the output of a Relu/Clip the quantizer folds
+    into its producer (the producer's only consumer) is set on that producer, as people write it (convert/
+    quantize.py's overrides follow the fold)."""
+    if x.kind != "activation":
+        return x.node
+    made = {t: n for n in float_model.graph.node for t in n.output}
+    users = consumers(float_model)
+    node = next((n for n in float_model.graph.node if n.name == x.node), None)
+    if node is None or node.op_type not in ("Relu", "Clip") or node.input[0] not in made:
+        return x.node
+    return made[node.input[0]].name if len(users.get(node.input[0], [])) == 1 else x.node
+
+
+def _site_knob(x: QuantSite, level: int, node: str) -> _Knob:
+    """A site's precision as a spec setting on ``node``: its weights or output activations at 16 bits, or the
+    node (a weight's consumer, an activation's producer) left in float."""
+    if level == FLOAT:
+        return _Knob(f"{x.node} in float", x.node, "exclude", 0.0)
+    field = "weights" if x.kind == "weight" else "activations"
+    return _Knob(f"16-bit {field} of {node}", node, field, 0.0)
+
+
+def _default_outputs(fixed: Comparison, outputs: list[str]) -> tuple[float | None, float | None]:
+    outs = [r for r in fixed.layers if r.summary is not None and r.layer.tensor in outputs]
+    return min((r.summary["cos"] for r in outs), default=None), max((r.summary["rmse"] for r in outs), default=None)
+
+
+def harmful(a: Attempt, cos: float | None, rmse: float | None) -> bool:
+    """The attempt's outputs are clearly worse than the default conversion's: 1 - cos or the relative rmse
+    grows by more than 5% (and 1e-4), so measurement noise of an equivalent conversion is not called harm."""
+    if a.outputs_cos is None or a.outputs_rmse is None or cos is None or rmse is None:
+        return False
+    return (1.0 - a.outputs_cos) > (1.0 - cos) * 1.05 + 1e-4 or a.outputs_rmse > rmse * 1.05 + 1e-4
+
+
+class _Costs:
+    """MAC/parameter shares and measured latency of attempts' deployable models, int8 and float measured once."""
+
+    def __init__(self, trial: _Trial) -> None:
+        art = trial.art
+        sample = next(iter(trial.evals))
+        self.threads, self.sample = trial.threads, sample
+        self.nodes = node_costs(trial.float_model, {k: v.shape for k, v in sample.items()})
+        self.int8_ms = latency_ms(art.fixed_model, sample, LATENCY_RUNS, trial.threads)
+        self.float_ms = latency_ms(art.float_model, sample, LATENCY_RUNS, trial.threads)
+
+    def of(self, model: str) -> dict:
+        path = Path(model)
+        bits = precisions(onnx.load(str(path), load_external_data=False))
+        lat = Latency(latency_ms(path, self.sample, LATENCY_RUNS, self.threads), self.int8_ms, self.float_ms)
+        return cost_json(shares_of(self.nodes, bits), lat)
+
+
+LATENCY_RUNS = 10  # median of this many batch-1 runs per model (after warm-up)
+
+
+def _rank_key(a: Attempt) -> tuple:
+    """Cheapest deployment first: measured latency, then the larger share of MACs left at 8 bits."""
+    c = a.cost or {}
+    return (c.get("latency_ms", float("inf")), -c.get("shares", {}).get("macs_8", 0.0))
+
+
+def _cost_line(c: dict) -> str:
+    sh = c["shares"]
+    slow = "; slower than float" if c.get("slower_than_float") else ""
+    return (f"MACs {sh['macs_8']:.1%} int8 / {sh['macs_16']:.1%} int16 / {sh['macs_float']:.1%} float; "
+            f"{c['latency_ms']:.2f} ms vs int8 {c['latency_int8_ms']:.2f} ms, float {c['latency_float_ms']:.2f} ms"
+            f"{slow}")
+
+
+def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: float | None) -> str:
+    """What deepen's output depends on: the converted models, the spec entry (data, settings, thresholds,
+    known_bad), the measured comparison and the search settings."""
+    art = result.artifacts
+    fixed = result.comparison("float", "fixed")
+    measured = [(r.layer.tensor, r.status, r.summary.mean if r.summary else None) for r in fixed.layers]
+    m = result.spec
+    return digest(__version__, json.dumps(read_manifest(art.workdir), sort_keys=True, default=str),
+                  json.dumps(asdict(m), sort_keys=True, default=str),
+                  data_key(m.evaluation.path, art.workdir), data_key(m.calibration.path, art.workdir),
+                  json.dumps(measured, sort_keys=True, default=str), str(attempts), str(samples), str(remedy_time))
+
+
+_STORED = "deepen.json"  # beside results.json's folder: <work folder>/remedies/deepen.json
+
+
+def _stored(result: ModelResult, key: str) -> Diagnosis | None:
+    """The diagnosis a previous run computed with the same key (None: none, another key, unreadable)."""
+    try:
+        stored = json.loads((result.artifacts.workdir / "remedies" / _STORED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    try:
+        d = stored["diagnosis"]
+        return Diagnosis(d["layer"], d["kind"], tuple(d["inputs"]), tuple(d["why"]), tuple(d["todo"]),
+                         tuple(d["contributors"]),
+                         stats=tuple(TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in x.items()})
+                                     for x in d["stats"]),
+                         remedy=d["remedy"], remedy_result=d["remedy_result"],
+                         attempts=tuple(Attempt(**a) for a in d["attempts"]), sensitivity=tuple(d["sensitivity"]),
+                         search={**(d["search"] or {}), "cache": "reused"}, cost=d["cost"])
+    except (KeyError, TypeError):
+        return None
+
+
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
-           memory_budget: int | None = None) -> ModelResult:
+           memory_budget: int | None = None, samples: int = DEFAULT_SAMPLES, remedy_time: float | None = None,
+           use_cache: bool = True) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
-    Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
-    evaluation per attempt, so they run only when a layer fails (not when it is xfailed) and at most
-    ``attempts`` times (0: none).
+    Statistics cost one short float pass over a few tensors. For a failing model (a layer fails, not xfails)
+    the mixed-precision search ranks every site and finds a small set on the first ``samples`` evaluation
+    samples, then verifies its spec patch with one real re-conversion on all of them; whole-model settings
+    are tried when that does not pass (at most ``attempts`` re-conversions in all; 0: no remedies). Passing
+    remedies are ranked by measured deployment cost. ``remedy_time`` (seconds) bounds the search. With
+    ``use_cache`` the output is stored in the model's work folder and reused while nothing it depends on
+    changed, so a warm re-run runs no inference.
     """
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
         return result
+    failing = attempts > 0 and any(r.status == FAILED for r in fixed.layers)
+    key = search_key(result, attempts, samples, remedy_time) if failing and use_cache else None
+    new = _stored(result, key) if key else None
+    if new is None:
+        new = _deepen(result, fixed, threads, attempts if failing else 0, memory_budget, samples, remedy_time)
+        if new is not None and key:
+            write_text(result.artifacts.workdir / "remedies" / _STORED,
+                       json.dumps({"key": key, "diagnosis": asdict(new)}, sort_keys=True, default=str))
+    if new is None:
+        return result
+    comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
+    return replace(result, comparisons=comps)
+
+
+def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int, memory_budget: int | None,
+            samples: int, remedy_time: float | None) -> Diagnosis | None:
+    t_start = time.monotonic()
+    deadline = None if remedy_time is None else t_start + remedy_time
     d: Diagnosis = fixed.diagnosis
     float_model = onnx.load(str(result.artifacts.float_model), load_external_data=False)
     fixed_model = onnx.load(str(result.artifacts.fixed_model), load_external_data=False)
@@ -277,7 +484,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         where = site(float_model, layers, d.layer)
         trial = _Trial(result.spec, result, d.layer, threads, memory_budget)
     except (KeyError, QuantaccInputError):
-        return result
+        return None
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)
     why = list(d.why)
     if where.shared:
@@ -286,9 +493,37 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     if not _outlier_channel(stats):
         why = [w for w in why if "outlier-channel signature" not in w]  # a hypothesis the statistics rule out
     why += explain(stats)
-    remedy, tried = None, ()
-    if attempts > 0 and any(r.status == FAILED for r in fixed.layers):
-        remedy, tried = search(trial, d, where, stats, attempts)
+    remedy, tried, mixed, cut = None, [], None, []
+    if attempts > 0:
+        mixed = mixed_precision(trial, layers, fixed_model, samples, deadline)
+        cut += mixed.search["cut"]
+        if mixed.patch is not None:
+            a = trial.run(mixed.label, mixed.patch)
+            tried.append(a)
+            mixed.search["verified"] = a.passes
+            q = trial.mspec.quantization
+            # A whole-model int8 setting is cheaper than any 16-bit set when it passes: worth one conversion
+            # when the set raises weights (what per-channel scales address).
+            if a.passes and not q.per_channel and len(tried) < attempts and any(
+                    x["kind"] == "weight" for x in mixed.search["chosen"]) and (
+                    deadline is None or time.monotonic() < deadline):
+                tried.append(trial.run("per-channel weights", {"per_channel": True}))
+        passing = [a for a in tried if a.passes]
+        if not passing and len(tried) < attempts:
+            _, more = search(trial, d, where, stats, attempts - len(tried), deadline, cut)
+            tried += more
+    t_cost = time.perf_counter()
+    if tried:
+        try:
+            costs = _Costs(trial)
+            tried = [replace(a, cost=costs.of(a.model)) if a.model else a for a in tried]
+        except Exception as exc:  # a model ORT cannot optimize still has a verdict; its latency is unknown
+            cut.append(f"latency not measured: {type(exc).__name__}: {str(exc).strip()[:200]}")
+    cost_seconds = time.perf_counter() - t_cost
+    base_cos, base_rmse = _default_outputs(fixed, trial.outputs)
+    tried = [replace(a, harmful=harmful(a, base_cos, base_rmse)) for a in tried]
+    passing = sorted((a for a in tried if a.passes), key=_rank_key)
+    remedy = passing[0] if passing else None
     todo = [_site_aware(t, where) for t in d.todo]
     # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
     best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
@@ -296,6 +531,8 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         # What was measured supersedes the generic hints.
         todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {remedy.outputs_cos:.4f}); "
                 f"paste into the model entry:\n" + _indent(patch_yaml(remedy.patch), 6)]
+        if remedy.cost and "latency_ms" in remedy.cost:
+            todo.append(f"cost: {_cost_line(remedy.cost)}")
         failed = [a.label for a in tried if not a.passes]
         if failed:
             todo.append(f"tried, not enough on its own: {'; '.join(failed)}")
@@ -303,11 +540,22 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         todo.insert(0, f"none of the {len(tried)} remedies tried makes every layer pass; closest: {best.label} "
                        f"(first diverging layer {best.first_diverging_layer}, outputs cos "
                        f"{'-' if best.outputs_cos is None else f'{best.outputs_cos:.4f}'})")
-    new = replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
-                  remedy=remedy.patch if remedy else None,
-                  remedy_result=best.result_json() if best else None, attempts=tried)
-    comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
-    return replace(result, comparisons=comps)
+    harm = [a.label for a in tried if a.harmful]
+    if harm:
+        todo.append(f"harmful (outputs worse than the default conversion): {'; '.join(harm)}")
+    if cut:
+        todo.append("cut: " + "; ".join(cut))
+    account = None
+    if mixed is not None:
+        account = {**mixed.search, "cut": cut, "cache": "computed", "time_budget": remedy_time,
+                   "attempts_seconds": round(sum(a.seconds for a in tried), 3), "cost_seconds": round(cost_seconds, 3),
+                   "total_seconds": round(time.monotonic() - t_start, 3),
+                   "ranking": [a.label for a in passing]}
+    return replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
+                   remedy=remedy.patch if remedy else None,
+                   remedy_result=best.result_json() if best else None, attempts=tuple(tried),
+                   sensitivity=mixed.sensitivity if mixed else (), search=account,
+                   cost={"label": remedy.label, **remedy.cost} if remedy and remedy.cost else None)
 
 
 def _outlier_channel(stats: tuple[TensorStats, ...]) -> bool:

@@ -17,9 +17,10 @@ A bias (int32, scale = input scale x weight scale) follows its weight's switch a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+import time
 
 import numpy as np
 import onnx
@@ -326,24 +327,34 @@ def effect(reference: Sequence[dict[str, np.ndarray]], values: Sequence[dict[str
 
 
 class Switchboard:
-    """One session over the switched graph: run any per-site configuration on a few evaluation samples."""
+    """One session over the switched graph: run any per-site configuration on a few evaluation samples.
+
+    ``tensors`` (float-graph names) are exposed beside the model outputs, so a configuration can be judged
+    layer by layer as the float-vs-fixed comparison judges fixed.onnx. ``runs`` and ``seconds`` count the
+    inference spent, which the search reports.
+    """
 
     def __init__(self, float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, samples: Sequence[dict],
-                 threads: int = 1, data_dir: Path | None = None) -> None:
+                 threads: int = 1, data_dir: Path | None = None, tensors: Sequence[str] = ()) -> None:
         model, self.sites = build(float_model, fixed_model)
         self.outputs = [o.name for o in float_model.graph.output]
+        self.kept = set(self.outputs) | set(tensors)
         self.samples = list(samples)
-        self._runner = Runner(model, [], optimize=False, threads=threads, data_dir=data_dir)
+        self._runner = Runner(model, list(tensors), optimize=False, threads=threads, data_dir=data_dir)
         self.runs = 0
+        self.seconds = 0.0
         self.reference = self.run([FLOAT] * len(self.sites))
 
     def run(self, levels: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Model outputs per sample with each site at its level (FLOAT, INT8, INT16)."""
+        """Model outputs (and exposed tensors) per sample with each site at its level (FLOAT, INT8, INT16)."""
+        t0 = time.perf_counter()
         lv = np.asarray(levels)
         flags = {ON_INPUT: lv != FLOAT, WIDE_INPUT: lv == INT16}
         self.runs += len(self.samples)
-        return [{o: v for o, v in self._runner.run({**s, **flags}).items() if o in self.outputs}
-                for s in self.samples]
+        out = [{o: v for o, v in self._runner.run({**s, **flags}).items() if o in self.kept}
+               for s in self.samples]
+        self.seconds += time.perf_counter() - t0
+        return out
 
     def effect(self, levels: Sequence[int]) -> Effect:
         return effect(self.reference, self.run(levels), self.outputs)
@@ -353,17 +364,28 @@ class Switchboard:
         return [level if i in raised else INT8 for i in range(len(self.sites))]
 
 
-def rank(board: Switchboard, metric: str = "cos") -> list[Sensitivity]:
-    """Every site measured three ways, most sensitive (to being quantized alone) first.
+def rank(board: Switchboard, metric: str = "cos", gates: Callable[[list[dict]], float] | None = None,
+         deadline: float | None = None) -> tuple[list[Sensitivity], int]:
+    """Every site measured three ways, most sensitive (to being quantized alone) first; returns the ranking and
+    how many sites were measured before ``deadline`` (``time.monotonic()``; the rest are left out).
 
-    ``metric`` "cos" scores by 1 - cos, "rmse" by relative rmse; ties keep fixed.onnx's order.
+    ``metric`` "cos" scores by 1 - cos of the outputs, "rmse" by their relative rmse; ``gates`` (a function of
+    one configuration's values, the worst normalized margin of the gated layers, below 0 when one fails)
+    scores by how far quantizing the site alone pushes the gates ("gate margin": 1 - margin), which sees a
+    layer the outputs hide. Ties keep fixed.onnx's order.
     """
     n = len(board.sites)
     found = []
     for site in board.sites:
-        alone = board.effect([INT8 if i == site.index else FLOAT for i in range(n)])
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        values = board.run([INT8 if i == site.index else FLOAT for i in range(n)])
+        alone = effect(board.reference, values, board.outputs)
         left = board.effect([FLOAT if i == site.index else INT8 for i in range(n)])
         raised = board.effect(board.fixed_levels(frozenset({site.index})))
-        score = 1.0 - alone.cos if metric == "cos" else alone.rmse
-        found.append(Sensitivity(site, alone, left, raised, metric, score))
-    return sorted(found, key=lambda s: -s.score)
+        if gates is not None:
+            score, name = 1.0 - gates(values), "gate margin"
+        else:
+            score, name = (1.0 - alone.cos if metric == "cos" else alone.rmse), metric
+        found.append(Sensitivity(site, alone, left, raised, name, score))
+    return sorted(found, key=lambda s: -s.score), len(found)

@@ -86,7 +86,8 @@ def _diagnosis(diag: dict) -> Diagnosis:
     return Diagnosis(diag["layer"], diag["kind"], tuple(diag["inputs"]), tuple(diag["why"]), tuple(diag["todo"]),
                      tuple(diag["contributors"]), stats=tuple(stats(s) for s in diag.get("stats", ())),
                      remedy=diag.get("remedy"), remedy_result=diag.get("remedy_result"),
-                     attempts=tuple(Attempt(**a) for a in diag.get("attempts", ())))
+                     attempts=tuple(Attempt(**a) for a in diag.get("attempts", ())),
+                     sensitivity=tuple(diag.get("sensitivity", ())), search=diag.get("search"), cost=diag.get("cost"))
 
 
 def _comparison_dict(c: Comparison) -> dict:
