@@ -47,6 +47,7 @@ def gemm_chain(dest: Path, weight_outliers: list[float], act_outliers: list[floa
     samples = [{"x": s} for s in x]
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dest / "float.onnx"))
+    np.savez(dest / "data.npz", x=x)  # calibration = evaluation data of a spec entry (chain_entry)
 
     class Reader:
         def __init__(self) -> None:
@@ -59,3 +60,35 @@ def gemm_chain(dest: Path, weight_outliers: list[float], act_outliers: list[floa
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
     return model, onnx.load(str(dest / "fixed.onnx")), samples
+
+
+def chain_entry(dest: Path, name: str, weight_outliers: list[float], act_outliers: list[float], **extra) -> dict:
+    """A spec entry for a planted chain (float.onnx and data.npz in ``dest``), float vs fixed only."""
+    gemm_chain(dest, weight_outliers, act_outliers)
+    return {"name": name, "model": str(dest / "float.onnx"), "calibration": {"data": str(dest / "data.npz")},
+            "evaluation": {"data": str(dest / "data.npz")}, "modes": ["float", "fixed"], **extra}
+
+
+def input_spike_entry(dest: Path, name: str, n: int = 12, seed: int = 0) -> dict:
+    """A 1x1 Conv whose input carries, per sample, one informative spike (1000) among 131072 N(0, 1) values.
+
+    The spike sets the input's int8 range, so the other values are quantized coarsely (the default fails);
+    percentile calibration clips the spike, which dominates the output: worse than the default (harmful).
+    The input is a graph input, which no spec setting can raise: the set search finds nothing to verify and the
+    whole-model settings are tried."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1, 1, 256, 512)).astype(np.float32)
+    for i in range(n):
+        x[i, 0, 0, rng.integers(256), rng.integers(512)] = 1000.0
+    w = numpy_helper.from_array(np.array([1.0, 0.5], np.float32).reshape(2, 1, 1, 1), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    graph = helper.make_graph([node], "input_spike", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                    [1, 1, 256, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 256, 512])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    dest.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dest / "float.onnx"))
+    np.savez(dest / "data.npz", x=x)
+    return {"name": name, "model": str(dest / "float.onnx"), "calibration": {"data": str(dest / "data.npz")},
+            "evaluation": {"data": str(dest / "data.npz")}, "modes": ["float", "fixed"]}

@@ -18,6 +18,7 @@ from ..convert.workdir import workdir_for
 from ..engine.passes import default_budget, parse_size
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from ..remedy.search import DEFAULT_ATTEMPTS, deepen
+from ..remedy.sensitivity import DEFAULT_SAMPLES
 from ..spec.model import ModelSpec
 from ..spec.parse import load_spec
 from ..store.baseline import check_baseline
@@ -47,6 +48,8 @@ class QuantaccRun:
     sent: set[tuple[Path, str]] = field(default_factory=set)  # results this xdist worker sent the controller
     written_baselines: list[Path] = field(default_factory=list)
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
+    remedy_samples: int = DEFAULT_SAMPLES  # evaluation samples the remedy search ranks on
+    remedy_time: float | None = None  # seconds the remedy search of one model may take (None: no bound)
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -71,13 +74,14 @@ class QuantaccRun:
             workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
             budget = default_budget()
             budget = budget // workers if budget and workers > 1 else None
+        remedy_time, remedy_samples = _remedy_settings(config)
         return cls(base, config.getoption("quantacc_threads"), tuple(config.getini("quantacc_patterns")), explicit,
                    remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
                    use_cache=not config.getoption("quantacc_no_cache"),
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
-                   memory_budget=budget)
+                   memory_budget=budget, remedy_samples=remedy_samples, remedy_time=remedy_time)
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -104,7 +108,8 @@ class QuantaccRun:
             # rebuilding the folder (always, with --quantacc-no-cache).
             with locked(workdir_for(self.base, mspec)):
                 evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                            self.memory_budget))
+                                                            self.memory_budget, self.remedy_samples,
+                                                            self.remedy_time, self.use_cache))
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]
@@ -131,3 +136,19 @@ class QuantaccRun:
         if key not in self.checks:
             self.checks[key] = check_baseline(mspec, self.result(mspec), self.tolerance_cos, self.tolerance_rmse)
         return self.checks[key]
+
+
+def _remedy_settings(config: pytest.Config) -> tuple[float | None, int]:
+    """--quantacc-remedy-time / quantacc_remedy_time and --quantacc-remedy-samples / quantacc_remedy_samples."""
+    raw_time = config.getoption("quantacc_remedy_time")
+    raw_time = raw_time if raw_time is not None else (config.getini("quantacc_remedy_time") or None)
+    raw_samples = config.getoption("quantacc_remedy_samples")
+    raw_samples = raw_samples if raw_samples is not None else (config.getini("quantacc_remedy_samples") or None)
+    try:
+        seconds = None if raw_time is None else float(raw_time)
+        samples = DEFAULT_SAMPLES if raw_samples is None else int(raw_samples)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--quantacc-remedy-time / --quantacc-remedy-samples: {exc}") from None
+    if (seconds is not None and seconds < 0) or samples < 1:
+        raise pytest.UsageError("--quantacc-remedy-time must be >= 0 and --quantacc-remedy-samples >= 1")
+    return seconds, samples

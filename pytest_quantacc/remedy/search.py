@@ -391,18 +391,49 @@ class _Costs:
 LATENCY_RUNS = 10  # median of this many batch-1 runs per model (after warm-up)
 
 
-def _rank_key(a: Attempt) -> tuple:
-    """Cheapest deployment first: measured latency, then the larger share of MACs left at 8 bits."""
-    c = a.cost or {}
-    return (c.get("latency_ms", float("inf")), -c.get("shares", {}).get("macs_8", 0.0))
+def by_cost(passing: list[Attempt]) -> list[Attempt]:
+    """Passing attempts, cheapest deployment first: measured latency, except that latencies within timing noise
+    of the fastest (10% + 0.05 ms) count as equal, and among those more MACs left at 8 bits wins (what an
+    int8-only accelerator needs); unmeasured attempts last."""
+    def lat(a: Attempt) -> float:
+        return (a.cost or {}).get("latency_ms", float("inf"))
+
+    def int8_share(a: Attempt) -> float:
+        return (a.cost or {}).get("shares", {}).get("macs_8", 0.0)
+
+    fastest = min((lat(a) for a in passing), default=float("inf"))
+    near = [a for a in passing if lat(a) <= fastest * 1.1 + 0.05]
+    rest = [a for a in passing if a not in near]
+    return sorted(near, key=lambda a: (-int8_share(a), lat(a))) + sorted(rest, key=lat)
 
 
 def _cost_line(c: dict) -> str:
     sh = c["shares"]
     slow = "; slower than float" if c.get("slower_than_float") else ""
     return (f"MACs {sh['macs_8']:.1%} int8 / {sh['macs_16']:.1%} int16 / {sh['macs_float']:.1%} float; "
-            f"{c['latency_ms']:.2f} ms vs int8 {c['latency_int8_ms']:.2f} ms, float {c['latency_float_ms']:.2f} ms"
+            f"{c['latency_ms']:.3g} ms vs int8 {c['latency_int8_ms']:.3g} ms, float {c['latency_float_ms']:.3g} ms"
             f"{slow}")
+
+
+def search_line(d: Diagnosis) -> str:
+    """The summary's one line about the remedy search: what it found, what it cost, what was cut or harmful."""
+    s = d.search or {}
+    chosen = ", ".join(f"{x['site']} ({x['kind']})" for x in s.get("chosen", ())) or "none"
+    parts = [f"remedy search: {s.get('ranked', 0)}/{s.get('sites', 0)} sites ranked on {s.get('samples', 0)} "
+             f"samples, {s.get('evaluations', 0)} set evaluations; {s.get('level', 'int16')} set: {chosen}"
+             + ("" if s.get("verified", True) else " (failed verification)"),
+             f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('seconds', 0.0):.1f} s, re-conversions "
+             f"{s.get('attempts_seconds', 0.0):.1f} s)"]
+    if d.cost and "latency_ms" in d.cost:
+        parts.append(f"offered: {_cost_line(d.cost)}")
+    harm = [a.label for a in d.attempts if a.harmful]
+    if harm:
+        parts.append(f"harmful: {', '.join(harm)}")
+    if s.get("cut"):
+        parts.append("cut: " + "; ".join(s["cut"]))
+    if s.get("cache") == "reused":
+        parts.append("cached (no inference)")
+    return "; ".join(parts)
 
 
 def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: float | None) -> str:
@@ -522,14 +553,15 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     cost_seconds = time.perf_counter() - t_cost
     base_cos, base_rmse = _default_outputs(fixed, trial.outputs)
     tried = [replace(a, harmful=harmful(a, base_cos, base_rmse)) for a in tried]
-    passing = sorted((a for a in tried if a.passes), key=_rank_key)
+    passing = by_cost([a for a in tried if a.passes])
     remedy = passing[0] if passing else None
     todo = [_site_aware(t, where) for t in d.todo]
     # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
     best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
     if remedy is not None:
         # What was measured supersedes the generic hints.
-        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {remedy.outputs_cos:.4f}); "
+        cos = "-" if remedy.outputs_cos is None else f"{remedy.outputs_cos:.4f}"
+        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {cos}); "
                 f"paste into the model entry:\n" + _indent(patch_yaml(remedy.patch), 6)]
         if remedy.cost and "latency_ms" in remedy.cost:
             todo.append(f"cost: {_cost_line(remedy.cost)}")

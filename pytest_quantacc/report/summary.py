@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ..remedy.search import search_line
 from ..engine.judge import gates_fail
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from .numbers import fmt_num
@@ -41,6 +42,8 @@ def model_summary(result: ModelResult) -> str:
             if c.diagnosis.remedy is not None:
                 lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
+            if c.diagnosis.search is not None:
+                lines.append(f"    {search_line(c.diagnosis)}")
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
         first = result.agreement.first_failing
