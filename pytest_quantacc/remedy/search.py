@@ -449,13 +449,13 @@ def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: fl
                   json.dumps(measured, sort_keys=True, default=str), str(attempts), str(samples), str(remedy_time))
 
 
-_STORED = "deepen.json"  # beside results.json's folder: <work folder>/remedies/deepen.json
+_STORED = "remedies.json"  # beside results.json in the model's work folder
 
 
 def _stored(result: ModelResult, key: str) -> Diagnosis | None:
     """The diagnosis a previous run computed with the same key (None: none, another key, unreadable)."""
     try:
-        stored = json.loads((result.artifacts.workdir / "remedies" / _STORED).read_text())
+        stored = json.loads((result.artifacts.workdir / _STORED).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(stored, dict) or stored.get("key") != key:
@@ -495,7 +495,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     if new is None:
         new = _deepen(result, fixed, threads, attempts if failing else 0, memory_budget, samples, remedy_time)
         if new is not None and key:
-            write_text(result.artifacts.workdir / "remedies" / _STORED,
+            write_text(result.artifacts.workdir / _STORED,
                        json.dumps({"key": key, "diagnosis": asdict(new)}, sort_keys=True, default=str))
     if new is None:
         return result
