@@ -23,3 +23,16 @@ class QuantaccInputError(Exception):
     def message(self) -> str:
         where = f"{self.spec}: {self.key}" if self.key else self.spec
         return f"{where}: {self.problem}"
+
+
+def unexpected(spec: Path | str, key: str, exc: BaseException) -> QuantaccInputError:
+    """An error nobody anticipated while evaluating a model, located at the model entry of its spec.
+
+    Reported once per model like an input error (the session goes on), with the underlying error's type and
+    first line, so the user sees what failed without a traceback repeated on every item.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0][:500] if text else ""
+    return QuantaccInputError(spec, key,
+                              f"evaluation failed: {type(exc).__name__}" + (f": {line}" if line else "")
+                              + " (if your files look right, this is a bug in pytest-quantacc: please report it)")

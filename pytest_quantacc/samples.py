@@ -18,6 +18,8 @@ from .errors import QuantaccInputError
 
 
 
+
+
 Sample = dict[str, np.ndarray]
 
 

@@ -19,6 +19,8 @@ from ..spec.preprocess import Preprocess
 
 
 
+
+
 _PREFIX = "preprocess/"
 
 

@@ -6,6 +6,9 @@ quantizer sees, so it, not the user's file, is what every comparison uses as the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import tempfile
 from pathlib import Path
 import onnx
@@ -13,9 +16,12 @@ import onnx
 from ..files import save_model
 from ..graph.extdata import INLINE_BYTES, inline_small, intact, path_has_external_data, publish, side_files
 from ..graph.structure import input_infos, name_nodes
+from ..samples import InputInfo, Samples, load_samples
 from ..spec.model import ModelSpec
 from .hardening import inherit_names, upgrade_opset
 from .workdir import digest, model_key, read_manifest, workdir_for, write_manifest
+
+
 
 
 
@@ -139,3 +145,38 @@ def first_line(exc: BaseException) -> str:
 
 def model_inputs(float_model: Path):
     return input_infos(onnx.load(str(float_model), load_external_data=False))
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """One model's float reference, prepared once per evaluation, and its samples, loaded on first use.
+
+    Evaluation, task accuracy and the remedy search all read the same checked samples; a warm cache hit
+    reads none (the properties are never touched), so it stays as cheap as re-judging stored metrics.
+    """
+
+    spec: ModelSpec
+    float_model: Path
+
+    @cached_property
+    def inputs(self) -> tuple[InputInfo, ...]:
+        return model_inputs(self.float_model)
+
+    @cached_property
+    def calibration(self) -> Samples:
+        m = self.spec
+        return load_samples(m.calibration.path, m.calibration.limit, self.inputs, m.spec_path,
+                            f"{m.key}.calibration.data")
+
+    @cached_property
+    def evaluation(self) -> Samples:
+        m = self.spec
+        if m.evaluation == m.calibration:
+            return self.calibration
+        return load_samples(m.evaluation.path, m.evaluation.limit, self.inputs, m.spec_path,
+                            f"{m.key}.evaluation.data")
+
+
+def prepare(mspec: ModelSpec, base: Path) -> PreparedModel:
+    """``prepare_float`` as a :class:`PreparedModel` (raises the input error when the model is unusable)."""
+    return PreparedModel(mspec, prepare_float(mspec, base))

@@ -32,6 +32,8 @@ from .workdir import Artifacts, data_key, digest, read_manifest, write_manifest
 
 
 
+
+
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
 
 

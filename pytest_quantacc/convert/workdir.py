@@ -20,6 +20,8 @@ from .hardening import FLOAT_REWRITES
 
 
 
+
+
 @dataclass(frozen=True)
 class Artifacts:
     workdir: Path

@@ -10,15 +10,13 @@ it reads one output only, and keeps the layer engine unchanged; it runs only for
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import onnx
 
-from ..convert.prepare import model_inputs
 from ..convert.workdir import Artifacts
 from ..graph.structure import FLOAT_TYPES, elem_types
-from ..samples import Samples, load_samples
+from ..samples import Samples
 from ..spec.model import ModelSpec
 from .results import AccuracyResult
 from .runner import Runner
@@ -107,7 +105,3 @@ def task_accuracy(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int
                           len(evals), gate.max_drop)
 
 
-def evaluation_samples(mspec: ModelSpec, float_model: Path) -> Samples:
-    """The evaluation samples exactly as evaluation reads them (same checks, same limit)."""
-    return load_samples(mspec.evaluation.path, mspec.evaluation.limit, model_inputs(float_model), mspec.spec_path,
-                        f"{mspec.key}.evaluation.data")

@@ -15,6 +15,8 @@ from .results import Comparison, Diagnosis, LayerResult
 
 
 
+
+
 _MIXING_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "Einsum"}
 
 

@@ -37,6 +37,8 @@ from .runner import Runner
 
 
 
+
+
 _TAIL = 2000  # characters of a command's output kept for the report
 
 

@@ -28,6 +28,8 @@ from ..spec.dumps import DumpSpec, QuantParams
 
 
 
+
+
 _INT_KINDS = "iu"
 
 

@@ -14,7 +14,9 @@ from ..graph.match import Layer
 from ..graph.structure import ancestors
 from ..spec.model import KnownBad, ModelSpec, Thresholds
 from .metrics import Accumulator, Summary
-from .results import BaselineCheck, Comparison, Evaluated, FAILED, LayerResult, PASSED, SKIPPED, XFAILED, XPASSED
+from .results import BaselineCheck, Comparison, Evaluated, FAILED, LayerResult, PASSED, SKIPPED, Status, XFAILED, XPASSED
+
+
 
 
 
@@ -84,3 +86,8 @@ def gates_fail(ev: Evaluated, check: BaselineCheck | None) -> bool:
         return False
     return bool(check.regressed or check.error or (not check.found and ev.result.spec.baseline.required))
 
+
+def model_verdict(ev: Evaluated, check: BaselineCheck | None) -> Status:
+    """The model's status wherever it is shown (terminal, JSON, HTML): its comparisons, plus the accuracy and
+    baseline gates."""
+    return FAILED if ev.result.status == FAILED or gates_fail(ev, check) else PASSED

@@ -20,6 +20,8 @@ from .results import PipelineResult, Suspect
 
 
 
+
+
 def _load_hook(mspec) -> Callable[[np.ndarray], np.ndarray]:
     p = mspec.preprocess
     key = "preprocess.hook"

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from ..convert.prepare import PreparedModel
 from ..convert.workdir import Artifacts
 from ..errors import QuantaccInputError
 from ..graph.match import Layer
 from ..spec.model import KnownBad, ModelSpec, Thresholds
 from .metrics import Agreement, Summary
+
+
 
 
 
@@ -287,6 +290,9 @@ class Evaluated:
     accuracy: AccuracyResult | None = None
     accuracy_error: QuantaccInputError | None = None
     cache: CacheUse = "computed"
+    # The float reference and samples this process evaluated with (None when results came from elsewhere):
+    # the remedy search reads the same samples instead of loading them again.
+    prepared: PreparedModel | None = field(default=None, compare=False, repr=False)
 
 @dataclass(frozen=True)
 class LayerDelta:

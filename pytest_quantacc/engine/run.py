@@ -10,20 +10,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..convert.prepare import model_inputs, prepare_float
+from ..convert.prepare import PreparedModel, prepare
 from ..convert.quantize import quantize
 from ..errors import QuantaccInputError
-from ..samples import load_samples
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
 from .results import ModelResult
 
 
 
-def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None) -> ModelResult:
+
+
+def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
+                   prepared: PreparedModel | None = None) -> ModelResult:
     """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised.
 
     ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
+    ``prepared``: the model's float reference and samples when the caller already has them (the cache does).
     """
     if mspec.dumps:
         from .dump_backend import evaluate_dumps
@@ -32,13 +35,9 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        float_path = prepare_float(mspec, base)
-        inputs = model_inputs(float_path)
-        calib = load_samples(mspec.calibration.path, mspec.calibration.limit, inputs, mspec.spec_path,
-                             f"{mspec.key}.calibration.data")
-        evals = calib if mspec.evaluation == mspec.calibration else load_samples(
-            mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
-        artifacts = quantize(mspec, float_path, calib, base)
+        prepared = prepared or prepare(mspec, base)
+        calib, evals = prepared.calibration, prepared.evaluation
+        artifacts = quantize(mspec, prepared.float_model, calib, base)
         seconds["convert"] = time.perf_counter() - t0
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)

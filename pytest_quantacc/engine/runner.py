@@ -22,6 +22,8 @@ from ..graph.structure import elem_types, expose
 
 
 
+
+
 class Runner:
     """One inference session over a model with extra tensors exposed; ``run`` returns them by name.
 

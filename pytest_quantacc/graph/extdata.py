@@ -36,13 +36,6 @@ def has_external_data(model: onnx.ModelProto) -> bool:
     return bool(external_tensors(model))
 
 
-def load_graph(path: Path) -> onnx.ModelProto:
-    """The model without its large tensors (they stay in the side files), small tensors inlined."""
-    model = onnx.load(str(path), load_external_data=False)
-    inline_small(model, path.parent)
-    return model
-
-
 def path_has_external_data(path: Path) -> bool:
     try:
         return has_external_data(onnx.load(str(path), load_external_data=False))

@@ -14,6 +14,8 @@ from .keys import RUN_KEY
 
 
 
+
+
 _PATTERNS = ["quantacc*.yaml", "quantacc*.yml", "*.quantacc.yaml"]
 
 

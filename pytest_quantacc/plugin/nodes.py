@@ -23,6 +23,8 @@ from .session import QuantaccRun
 
 
 
+
+
 class QuantaccFailure(Exception):
     """An assertion about quantization accuracy failed; its text is the whole report (no traceback)."""
 

@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ..engine.results import ModelResult
+from ..engine.judge import model_verdict
+from ..engine.results import ModelResult, Status
 from ..files import write_text
+from .keys import RUN_KEY
+
+
 
 
 
@@ -33,23 +37,25 @@ class DiagnosisOutputs:
         self.config = config
         self.written: list[str] = []
 
-    def _results(self) -> list[ModelResult]:
-        from .keys import RUN_KEY
-
+    def _judged(self) -> list[tuple[ModelResult, Status]]:
+        """Every evaluated model in the summary's order, with its verdict including the CI gates."""
         run = self.config.stash.get(RUN_KEY, None)
-        return list(run.results.values()) if run is not None else []
+        if run is None:
+            return []
+        return [(ev.result, model_verdict(ev, run.baseline_check(ev.result.spec))) for ev in run.ordered()]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             return
-        results = self._results()
+        judged = self._judged()
+        results = [r for r, _ in judged]
         html_path = self.config.getoption("quantacc_html")
         if html_path and results:
             from ..report.html import page
 
             dest = self.config.invocation_params.dir / html_path
             dest.parent.mkdir(parents=True, exist_ok=True)
-            write_text(dest, page(results))
+            write_text(dest, page(results, verdicts=[v for _, v in judged]))
             self.written.append(f"HTML report: {dest}")
         if self.config.getoption("quantacc_fix"):
             from ..remedy.fixfile import write_fix

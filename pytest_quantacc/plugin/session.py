@@ -17,12 +17,15 @@ import pytest
 from ..convert.workdir import workdir_for
 from ..engine.passes import default_budget, parse_size
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
+from ..errors import unexpected
 from ..remedy.search import DEFAULT_ATTEMPTS, deepen
 from ..remedy.sensitivity import DEFAULT_SAMPLES
 from ..spec.model import ModelSpec
 from ..spec.parse import load_spec
 from ..store.baseline import check_baseline
 from ..store.cache import evaluate_cached, locked, restore
+
+
 
 
 
@@ -101,15 +104,21 @@ class QuantaccRun:
         """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
         if key not in self.evaluated:
-            evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
-                                        self.memory_budget)
-            # Diagnosis statistics and remedy search are not cached: they run only for failing models. They read
-            # the model folder and write attempts into it, so under its lock: another xdist worker may be
-            # rebuilding the folder (always, with --quantacc-no-cache).
-            with locked(workdir_for(self.base, mspec)):
-                evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                            self.memory_budget, self.remedy_samples,
-                                                            self.remedy_time, self.use_cache))
+            try:
+                evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
+                                            self.memory_budget)
+                # Diagnosis statistics and remedy search are not cached: they run only for failing models. They
+                # read the model folder and write attempts into it, so under its lock: another xdist worker may
+                # be rebuilding the folder (always, with --quantacc-no-cache).
+                with locked(workdir_for(self.base, mspec)):
+                    evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
+                                                                self.memory_budget, evaluated.prepared,
+                                                                samples=self.remedy_samples,
+                                                                remedy_time=self.remedy_time,
+                                                                use_cache=self.use_cache))
+            except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
+                # Remembered like a result: every item of the model reports it, none of them re-runs it.
+                evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]

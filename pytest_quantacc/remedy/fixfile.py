@@ -15,6 +15,8 @@ from ..files import write_text
 
 
 
+
+
 def patch_yaml(patch: dict) -> str:
     """The patch as the YAML a user pastes into the model entry."""
     return yaml.safe_dump({"quantization": patch}, sort_keys=False, default_flow_style=None).rstrip()

@@ -20,8 +20,7 @@ from pathlib import Path
 import onnx
 
 from .. import __version__
-
-from ..convert.prepare import model_inputs
+from ..convert.prepare import PreparedModel
 from ..convert.quantize import quantize
 from ..convert.workdir import data_key, digest, read_manifest, write_manifest
 from ..engine.judge import finish
@@ -34,13 +33,14 @@ from ..errors import QuantaccInputError
 from ..files import write_text
 from ..graph.match import match_layers
 from ..graph.structure import consumers, prune
-from ..samples import load_samples
 from ..spec.model import ModelSpec, Override, Quantization
 from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
 from .fixfile import patch_yaml
 from .minimal import Gates, search as minimal_search
 from .rootcause import Site, explain, gather, site
 from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, QuantSite, Switchboard, rank
+
+
 
 
 
@@ -97,16 +97,13 @@ class _Trial:
     """Re-convert and re-evaluate one model with patched quantization settings, sharing the float run."""
 
     def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | None = None, prepared: PreparedModel | None = None) -> None:
         art = result.artifacts
         self.mspec, self.art, self.root, self.threads = mspec, art, root, threads
         self.float_model = onnx.load(str(art.float_model), load_external_data=False)
         self.outputs = [o.name for o in self.float_model.graph.output]
-        inputs = model_inputs(art.float_model)
-        self.calib = load_samples(mspec.calibration.path, mspec.calibration.limit, inputs, mspec.spec_path,
-                                  f"{mspec.key}.calibration.data")
-        self.evals = self.calib if mspec.evaluation == mspec.calibration else load_samples(
-            mspec.evaluation.path, mspec.evaluation.limit, inputs, mspec.spec_path, f"{mspec.key}.evaluation.data")
+        prepared = prepared if prepared is not None else PreparedModel(mspec, art.float_model)
+        self.calib, self.evals = prepared.calibration, prepared.evaluation
         fixed = result.comparison("float", "fixed")
         self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
         # Under the memory budget the evaluation had, in as many passes over the graph (chunking.py).
@@ -474,8 +471,8 @@ def _stored(result: ModelResult, key: str) -> Diagnosis | None:
 
 
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
-           memory_budget: int | None = None, samples: int = DEFAULT_SAMPLES, remedy_time: float | None = None,
-           use_cache: bool = True) -> ModelResult:
+           memory_budget: int | None = None, prepared: PreparedModel | None = None, samples: int = DEFAULT_SAMPLES,
+           remedy_time: float | None = None, use_cache: bool = True) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors. For a failing model (a layer fails, not xfails)
@@ -493,7 +490,8 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     key = search_key(result, attempts, samples, remedy_time) if failing and use_cache else None
     new = _stored(result, key) if key else None
     if new is None:
-        new = _deepen(result, fixed, threads, attempts if failing else 0, memory_budget, samples, remedy_time)
+        new = _deepen(result, fixed, threads, attempts if failing else 0, memory_budget, prepared, samples,
+                      remedy_time)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
                        json.dumps({"key": key, "diagnosis": asdict(new)}, sort_keys=True, default=str))
@@ -504,7 +502,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
 
 
 def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int, memory_budget: int | None,
-            samples: int, remedy_time: float | None) -> Diagnosis | None:
+            prepared: PreparedModel | None, samples: int, remedy_time: float | None) -> Diagnosis | None:
     t_start = time.monotonic()
     deadline = None if remedy_time is None else t_start + remedy_time
     d: Diagnosis = fixed.diagnosis
@@ -513,7 +511,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     layers = [r.layer for r in fixed.layers]
     try:
         where = site(float_model, layers, d.layer)
-        trial = _Trial(result.spec, result, d.layer, threads, memory_budget)
+        trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
     except (KeyError, QuantaccInputError):
         return None
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)

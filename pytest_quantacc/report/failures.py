@@ -12,6 +12,8 @@ from .numbers import fmt_num
 
 
 
+
+
 def _row(r: LayerResult, mark: bool) -> list[str]:
     s = r.summary
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")

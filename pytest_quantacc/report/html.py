@@ -15,9 +15,11 @@ import html
 import math
 from collections.abc import Callable
 
-from ..engine.results import Comparison, LayerResult, ModelResult
+from ..engine.results import Comparison, LayerResult, ModelResult, PASSED, Status
 from ..remedy.fixfile import patch_yaml
 from .numbers import fmt_num
+
+
 
 
 
@@ -188,10 +190,11 @@ def _diagnosis(comparison: Comparison) -> str:
     return "".join(parts)
 
 
-def model_section(result: ModelResult) -> str:
-    """One model's part of the report (also what a pytest-html extra shows)."""
+def model_section(result: ModelResult, verdict: Status | None = None) -> str:
+    """One model's part of the report (also what a pytest-html extra shows); ``verdict`` includes the CI gates."""
     s = result.spec
-    out = [f'<h2>{_e(s.name)} <span class="badge {result.status}">{_e(result.status)}</span></h2>',
+    status = verdict or result.status
+    out = [f'<h2>{_e(s.name)} <span class="badge {status}">{_e(status)}</span></h2>',
            f'<div class="meta">{_e(s.spec_path)} &middot; {result.quantized_layers} quantized tensors &middot; '
            f'{result.samples} samples &middot; {_e(s.quantization.activations)} activations, '
            f'{_e(s.quantization.weights)} weights, {_e(s.quantization.method)}'
@@ -230,14 +233,17 @@ def _scoped_css(scope: str) -> str:
     return "\n".join(rules)
 
 
-def fragment(result: ModelResult) -> str:
+def fragment(result: ModelResult, verdict: Status | None = None) -> str:
     """One model's section with its own scoped style: what a pytest-html extra shows."""
-    return f'<div class="quantacc"><style>{_scoped_css(".quantacc")}</style>{model_section(result)}</div>'
+    return f'<div class="quantacc"><style>{_scoped_css(".quantacc")}</style>{model_section(result, verdict)}</div>'
 
 
-def page(results: list[ModelResult], title: str = "pytest-quantacc report") -> str:
-    failed = sum(r.status != "passed" for r in results)
-    body = "\n".join(model_section(r) for r in results)
+def page(results: list[ModelResult], title: str = "pytest-quantacc report",
+         verdicts: list[Status] | None = None) -> str:
+    """The whole report; ``verdicts`` (one per result, including the CI gates) default to the results' own."""
+    verdicts = verdicts or [r.status for r in results]
+    failed = sum(v != PASSED for v in verdicts)
+    body = "\n".join(model_section(r, v) for r, v in zip(results, verdicts))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
             f'<h1>{_e(title)}</h1><div class="meta">{len(results)} models, {failed} failing</div>\n{body}\n'

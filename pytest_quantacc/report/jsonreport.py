@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engine.judge import gates_fail
+from ..engine.judge import model_verdict
 from ..engine.metrics import NAMES
 from ..engine.results import BaselineCheck, Evaluated, FAILED, LayerResult, ModelResult, PASSED
 from ..files import write_text
 from .numbers import finite, finite_tree
+
+
 
 
 
@@ -92,8 +94,7 @@ def diagnosis_json(d) -> dict:
 def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None) -> dict:
     """``report.model_json`` plus ``accuracy``, ``baseline`` and ``cache``; status includes both gates."""
     out = model_json(ev.result, root)
-    if gates_fail(ev, check):
-        out["status"] = FAILED
+    out["status"] = model_verdict(ev, check)
     a = ev.accuracy
     if a is not None:
         out["accuracy"] = {"metric": a.metric, "output": a.output, "float": a.float_value, "offline": a.offline_value,

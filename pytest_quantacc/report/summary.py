@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 
+from ..engine.judge import model_verdict
+from ..engine.results import BaselineCheck, Evaluated, ModelResult, Status
 from ..remedy.search import search_line
-from ..engine.judge import gates_fail
-from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from .numbers import fmt_num
 
 
 
-def model_summary(result: ModelResult) -> str:
-    """A few lines per model for the terminal summary."""
+
+
+def model_summary(result: ModelResult, status: Status | None = None) -> str:
+    """A few lines per model for the terminal summary (``status``: the verdict including the CI gates)."""
     name = f"{result.spec.name} ({result.spec.spec_path.name})"
     if result.error is not None:
         return f"{name}: ERROR {result.error.message}"
     compared = "dumped tensors compared" if result.spec.dumps else "quantized tensors"
-    lines = [f"{name}: {result.status.upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
+    lines = [f"{name}: {(status or result.status).upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
     if result.memory:
         lines.append(f"  memory: {result.memory}")
     if result.pipeline is not None:
@@ -80,6 +82,5 @@ def extra_lines(ev: Evaluated, check: BaselineCheck | None) -> list[str]:
 
 
 def summary_head(ev: Evaluated, check: BaselineCheck | None) -> str:
-    """``report.model_summary`` with the model's status including the CI gates."""
-    text = model_summary(ev.result)
-    return text.replace(": PASSED,", ": FAILED,", 1) if gates_fail(ev, check) else text
+    """``model_summary`` with the model's verdict including the CI gates."""
+    return model_summary(ev.result, model_verdict(ev, check))

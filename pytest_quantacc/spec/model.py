@@ -15,6 +15,8 @@ from .preprocess import Preprocess
 
 
 
+
+
 SPEC_VERSION = 1
 
 

@@ -12,6 +12,8 @@ from ..errors import QuantaccInputError
 
 
 
+
+
 class Node:
     """A position in the parsed YAML, so every check can name its key path."""
 

@@ -21,6 +21,8 @@ from .preprocess import Preprocess, parse_preprocess
 
 
 
+
+
 def _deep_merge(base: Any, over: Any) -> Any:
     if isinstance(base, Mapping) and isinstance(over, Mapping):
         out = dict(base)

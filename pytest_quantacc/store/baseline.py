@@ -21,6 +21,8 @@ from ..spec.model import ModelSpec
 
 
 
+
+
 VERSION = 1
 DIGITS = 6
 

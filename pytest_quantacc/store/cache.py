@@ -29,15 +29,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import __version__
-from ..convert.prepare import prepare_float
+from ..convert.prepare import PreparedModel, prepare, prepare_float
 from ..convert.workdir import data_key, digest, file_digest, hash_file, read_manifest, workdir_for
-from ..engine.accuracy import evaluation_samples, task_accuracy
+from ..engine.accuracy import task_accuracy
 from ..engine.results import Evaluated, ModelResult
 from ..engine.run import evaluate_model
 from ..errors import QuantaccInputError
 from ..files import read_json, write_text
 from ..spec.model import ModelSpec
 from .serialize import FORMAT, from_dict, recheck, to_dict
+
+
 
 
 
@@ -171,42 +173,43 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
         else:
             _invalidate(workdir)
         try:
-            float_path = prepare_float(mspec, base)
+            prepared = prepare(mspec, base)
         except QuantaccInputError as exc:
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
         key = results_key(mspec, read_manifest(workdir).get("float", ""), workdir)
         # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
         stores = use_cache and "original" not in mspec.modes
         if stores:
-            reused = _reuse(workdir, key, mspec, float_path)
+            reused = _reuse(workdir, key, prepared)
             if reused is not None:
                 return reused
-        result = evaluate_model(mspec, base, threads, memory_budget)
+        result = evaluate_model(mspec, base, threads, memory_budget, prepared)
         accuracy = accuracy_error = None
         if result.error is None and mspec.accuracy is not None:
             try:
-                accuracy = task_accuracy(mspec, result.artifacts, evaluation_samples(mspec, float_path), threads)
+                accuracy = task_accuracy(mspec, result.artifacts, prepared.evaluation, threads)
             except QuantaccInputError as exc:
                 accuracy_error = exc
         if stores and result.error is None and accuracy_error is None:
             write_text(workdir / _RESULTS, json.dumps({"key": key, "result": to_dict(result, accuracy)},
                                                          sort_keys=True))
         seal(workdir)
-        return Evaluated(result, accuracy, accuracy_error, "computed" if use_cache else "off")
+        return Evaluated(result, accuracy, accuracy_error, "computed" if use_cache else "off", prepared)
 
 
-def _reuse(workdir: Path, key: str, mspec: ModelSpec, float_path: Path) -> Evaluated | None:
+def _reuse(workdir: Path, key: str, prepared: PreparedModel) -> Evaluated | None:
+    mspec = prepared.spec
     try:
         stored = json.loads((workdir / _RESULTS).read_text())
     except (OSError, ValueError):
         return None
     if stored.get("key") != key or stored.get("result", {}).get("format") != FORMAT:
         return None
-    judged = recheck(stored["result"], mspec, float_path)
+    judged = recheck(stored["result"], mspec, prepared.float_model)
     if judged is None:
         return None
     result, accuracy = judged
-    return Evaluated(result, accuracy, cache="reused")
+    return Evaluated(result, accuracy, cache="reused", prepared=prepared)
 
 
 def clear(base: Path) -> int:

@@ -12,7 +12,6 @@ the same way ``evaluate`` does, so changing a threshold needs no inference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from ..engine.results import AccuracyResult, AgreementResult, Comparison, Diagno
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, QParams
 from ..spec.model import KnownBad, ModelSpec, Thresholds
-
 
 
 FORMAT = 1  # bump when the dict layout changes: stored entries of another format are rebuilt
@@ -138,10 +136,6 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
                          passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
-
-
-def dumps(result: ModelResult, accuracy: AccuracyResult | None = None) -> str:
-    return json.dumps(to_dict(result, accuracy), sort_keys=True)
 
 
 def _rejudge(c: Comparison, mspec: ModelSpec) -> Comparison:
