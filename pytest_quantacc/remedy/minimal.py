@@ -10,7 +10,7 @@ Evaluations are memoized per set and counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import time
 
@@ -148,7 +148,7 @@ class Gates:
         self.compared = [lay for lay in self.layers if lay.skip is None and lay.tensor in board.kept]
         self.verdicts: dict[tuple[frozenset[int], int], Verdict] = {}
 
-    def comparison(self, values: Sequence[dict]) -> Comparison:
+    def comparison(self, values: Iterable[dict]) -> Comparison:
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
         for ref, val in zip(self.board.reference, values):
@@ -156,7 +156,7 @@ class Gates:
                 accumulate(accs, skips, lay.tensor, ref.get(lay.tensor), val.get(lay.tensor))
         return finish(self.layers, accs, skips, self.mspec, "float", "fixed")
 
-    def judge(self, values: Sequence[dict]) -> Verdict:
+    def judge(self, values: Iterable[dict]) -> Verdict:
         comp = self.comparison(values)
         gated = [r for r in comp.layers if r.status in (PASSED, FAILED) and r.summary is not None]
         worst = min((margin(r.summary["cos"], r.summary["rmse"], r.thresholds.cos, r.thresholds.rmse)
@@ -167,13 +167,13 @@ class Gates:
                        min((r.summary["cos"] for r in outs), default=None),
                        max((r.summary["rmse"] for r in outs), default=None))
 
-    def margin_of(self, values: list[dict]) -> float:
+    def margin_of(self, values: Iterable[dict]) -> float:
         return self.judge(values).margin
 
     def predicate(self, level: int = INT16) -> Predicate:
         """Pass when fixed.onnx with the given sites at ``level`` passes every gate; the score is the margin."""
         def predicate(sites: frozenset[int]) -> tuple[bool, float]:
-            v = self.judge(self.board.run(self.board.fixed_levels(sites, level)))
+            v = self.judge(self.board.each(self.board.fixed_levels(sites, level)))
             self.verdicts[(sites, level)] = v
             return v.passes, v.margin
         return predicate

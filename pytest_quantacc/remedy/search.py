@@ -300,7 +300,8 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
                         tensors=tensors)
     gates = Gates(board, layers, trial.mspec)
     cut: list[str] = []
-    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline)
+    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline,
+                             both_ways=len(board.sites) <= FULL_SENSITIVITY_SITES)
     if measured < len(board.sites):
         cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(board.sites)} sites")
     candidates = [r.site.index for r in ranking if r.site.node]
@@ -329,6 +330,7 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
 
 
 _LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
+FULL_SENSITIVITY_SITES = 64  # up to this many sites, also measure each left in float and raised (3 runs a site)
 
 
 def _setting_node(float_model: onnx.ModelProto, x: QuantSite) -> str:

@@ -17,7 +17,7 @@ A bias (int32, scale = input scale x weight scale) follows its weight's switch a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 import time
@@ -75,15 +75,16 @@ class Sensitivity:
 
     site: QuantSite
     alone: Effect  # float model with only this site quantized (8-bit)
-    left_float: Effect  # fixed model with this site in float
-    raised: Effect  # fixed model with this site at 16 bits
+    left_float: Effect | None  # fixed model with this site in float (None: not measured)
+    raised: Effect | None  # fixed model with this site at 16 bits (None: not measured)
     metric: str
     score: float
 
     def as_json(self) -> dict:
         return {"node": self.site.node, "site": self.site.tensor, "kind": self.site.kind, "metric": self.metric,
-                "score": self.score, "alone": self.alone.as_json(), "left_float": self.left_float.as_json(),
-                "raised": self.raised.as_json()}
+                "score": self.score, "alone": self.alone.as_json(),
+                "left_float": self.left_float.as_json() if self.left_float else None,
+                "raised": self.raised.as_json() if self.raised else None}
 
 
 @dataclass(frozen=True)
@@ -347,14 +348,18 @@ class Switchboard:
 
     def run(self, levels: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """Model outputs (and exposed tensors) per sample with each site at its level (FLOAT, INT8, INT16)."""
-        t0 = time.perf_counter()
+        return list(self.each(levels))
+
+    def each(self, levels: Sequence[int]) -> Iterator[dict[str, np.ndarray]]:
+        """``run`` one sample at a time, so a consumer that reduces as it goes holds one sample's tensors."""
         lv = np.asarray(levels)
         flags = {ON_INPUT: lv != FLOAT, WIDE_INPUT: lv == INT16}
-        self.runs += len(self.samples)
-        out = [{o: v for o, v in self._runner.run({**s, **flags}).items() if o in self.kept}
-               for s in self.samples]
-        self.seconds += time.perf_counter() - t0
-        return out
+        for s in self.samples:
+            t0 = time.perf_counter()
+            out = {o: v for o, v in self._runner.run({**s, **flags}).items() if o in self.kept}
+            self.runs += 1
+            self.seconds += time.perf_counter() - t0
+            yield out
 
     def effect(self, levels: Sequence[int]) -> Effect:
         return effect(self.reference, self.run(levels), self.outputs)
@@ -364,27 +369,38 @@ class Switchboard:
         return [level if i in raised else INT8 for i in range(len(self.sites))]
 
 
-def rank(board: Switchboard, metric: str = "cos", gates: Callable[[list[dict]], float] | None = None,
-         deadline: float | None = None) -> tuple[list[Sensitivity], int]:
+def rank(board: Switchboard, metric: str = "cos", gates: Callable[[Iterable[dict]], float] | None = None,
+         deadline: float | None = None, both_ways: bool = True) -> tuple[list[Sensitivity], int]:
     """Every site measured three ways, most sensitive (to being quantized alone) first; returns the ranking and
     how many sites were measured before ``deadline`` (``time.monotonic()``; the rest are left out).
 
     ``metric`` "cos" scores by 1 - cos of the outputs, "rmse" by their relative rmse; ``gates`` (a function of
     one configuration's values, the worst normalized margin of the gated layers, below 0 when one fails)
     scores by how far quantizing the site alone pushes the gates ("gate margin": 1 - margin), which sees a
-    layer the outputs hide. Ties keep fixed.onnx's order.
+    layer the outputs hide. Ties keep fixed.onnx's order. ``both_ways`` False measures only "alone" (one
+    run per site instead of three: what a large model's search can afford).
     """
     n = len(board.sites)
     found = []
     for site in board.sites:
         if deadline is not None and time.monotonic() > deadline:
             break
-        values = board.run([INT8 if i == site.index else FLOAT for i in range(n)])
-        alone = effect(board.reference, values, board.outputs)
-        left = board.effect([FLOAT if i == site.index else INT8 for i in range(n)])
-        raised = board.effect(board.fixed_levels(frozenset({site.index})))
+        levels = [INT8 if i == site.index else FLOAT for i in range(n)]
+        if gates is not None:  # one pass: the gates reduce every tensor, the outputs are kept for the effect
+            kept: list[dict] = []
+
+            def stream(levels=levels, kept=kept) -> Iterator[dict]:
+                for v in board.each(levels):
+                    kept.append({o: v[o] for o in board.outputs})
+                    yield v
+            gate_margin = gates(stream())
+            alone = effect(board.reference, kept, board.outputs)
+        else:
+            alone = board.effect(levels)
+        left = board.effect([FLOAT if i == site.index else INT8 for i in range(n)]) if both_ways else None
+        raised = board.effect(board.fixed_levels(frozenset({site.index}))) if both_ways else None
         if gates is not None:
-            score, name = 1.0 - gates(values), "gate margin"
+            score, name = 1.0 - gate_margin, "gate margin"
         else:
             score, name = (1.0 - alone.cos if metric == "cos" else alone.rmse), metric
         found.append(Sensitivity(site, alone, left, raised, name, score))
