@@ -27,9 +27,11 @@ def _run(spec: Path, work: Path, report: Path, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=spec.parent)
     wall = time.perf_counter() - t0
+    (report.with_suffix(".out")).write_text(proc.stdout + "\n" + proc.stderr)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", proc.stderr))
     summary = proc.stdout[proc.stdout.find("quantacc summary"):]
-    return {"wall": wall, "rss_mb": int(rss.group(1)) / 1024 if rss else None, "summary": summary,
+    return {"wall": wall, "cpu": cpu, "rss_mb": int(rss.group(1)) / 1024 if rss else None, "summary": summary,
             "json": json.loads(report.read_text()) if report.is_file() else None}
 
 
@@ -51,10 +53,10 @@ def bench(spec: Path, out: Path, extra: list[str]) -> str:
     s = d.get("search") or {}
     c = d.get("cost") or {}
     lines = [f"### {name} ({spec})", "",
-             "| | wall s | peak RSS MB |", "| --- | --- | --- |",
-             f"| remedies off (evaluation) | {off['wall']:.1f} | {off['rss_mb']:.0f} |",
-             f"| remedies on, cold | {cold['wall']:.1f} | {cold['rss_mb']:.0f} |",
-             f"| remedies on, warm re-run | {warm['wall']:.1f} | {warm['rss_mb']:.0f} |", ""]
+             "| | wall s | CPU s (user+sys) | peak RSS MB |", "| --- | --- | --- | --- |",
+             f"| remedies off (evaluation) | {off['wall']:.1f} | {off['cpu']:.1f} | {off['rss_mb']:.0f} |",
+             f"| remedies on, cold | {cold['wall']:.1f} | {cold['cpu']:.1f} | {cold['rss_mb']:.0f} |",
+             f"| remedies on, warm re-run | {warm['wall']:.1f} | {warm['cpu']:.1f} | {warm['rss_mb']:.0f} |", ""]
     if s:
         wd = _diagnosis(warm) or {}
         lines += [f"- search: {s.get('ranked')}/{s.get('sites')} sites ranked on {s.get('samples')} samples, "

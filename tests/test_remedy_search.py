@@ -94,12 +94,14 @@ def test_fix_file_passes_and_a_warm_rerun_reuses_the_search(pytester, tmp_path):
     spec = write_spec(pytester.path / "quantacc_chain.yaml", [entry])
     args = [spec.name, "--quantacc", "--quantacc-workdir", str(pytester.path / "work"), "-p", "no:randomly"]
     first = pytester.runpytest(*args, "--quantacc-report", "r1.json", "--quantacc-fix",
-                               "--quantacc-remedy-samples", "3")
+                               "--quantacc-remedy-samples", "3", "--quantacc-html", "r1.html")
     first.assert_outcomes(failed=3, passed=2)
     assert "remedy search: 9/9 sites ranked on 3 samples" in first.stdout.str()
     r1 = json.loads((pytester.path / "r1.json").read_text())["models"][0]
     d1 = r1["comparisons"][0]["diagnosis"]
     assert r1["cache"] == "computed" and d1["search"]["cache"] == "computed" and d1["search"]["samples"] == 3
+    page = (pytester.path / "r1.html").read_text()
+    assert "Sensitivity (gate margin" in page and "int8 MACs" in page and "Sets judged" in page
     remedies = sorted((pytester.path / "work").glob("*/*/remedies/**/*"))
     stamps = {p: p.stat().st_mtime_ns for p in remedies if p.is_file()}
     second = pytester.runpytest(*args, "--quantacc-report", "r2.json", "--quantacc-remedy-samples", "3")
