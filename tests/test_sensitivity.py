@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from planted_remedies import gemm_chain
-from pytest_quantacc.remedy.sensitivity import FLOAT, INT8, INT16, Switchboard, build, rank, wide_params
+from pytest_quantacc.remedy.sensitivity import (FLOAT, INT8, INT16, Switchboard, build, local_errors, rank,
+                                                wide_params)
 from pytest_quantacc.engine.runner import Runner
 
 
@@ -98,3 +99,31 @@ def test_cnn_with_fused_relu_and_shared_ranges(tmp_path):
     assert _max_diff(board.run([INT8] * len(board.sites)), [fixed_run.run(s) for s in samples]) == 0.0
     top = rank(board)[0][0]
     assert top.site.tensor == "relu3_out" and top.site.kind == "activation"
+
+
+def test_local_errors_match_onnx_runtime_quantize_dequantize(planted):
+    """Each site's own int8 error, computed in numpy, against ONNX Runtime's Q/DQ of the same tensor: the
+    weight's DequantizeLinear in fixed.onnx, and the switched session with only that activation quantized."""
+    float_model, fixed_model, samples, _ = planted
+    board = Switchboard(float_model, fixed_model, samples[:4], tensors=[f"h{i}" for i in range(4)])
+    errors = local_errors(float_model, fixed_model, board)
+    by_name = {s.tensor: s.index for s in board.sites}
+    dq = next(n.output[0] for n in fixed_model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w0_quantized")
+    w_ort = Runner(fixed_model, [dq], optimize=False).run(board.samples[0])[dq]
+    w = next(np.frombuffer(i.raw_data, np.float32).reshape(i.dims) for i in float_model.graph.initializer if i.name == "w0")
+
+    def rel(a, b):
+        return np.linalg.norm((a - b).astype(np.float64)) / np.linalg.norm(b.astype(np.float64))
+    # whole-tensor relative rmse, or the median over channels (axis 0 of a weight, 1 of an activation)
+    per_row = np.median([rel(w_ort[k], w[k]) for k in range(w.shape[0]) if np.any(w[k])])
+    assert np.isclose(errors[by_name["w0"]], max(rel(w_ort, w), per_row), rtol=1e-6)
+    i = by_name["h2"]
+    only = board.run([INT8 if k == i else FLOAT for k in range(len(board.sites))])
+    q = np.concatenate([o["h2"] for o in only]).astype(np.float64)
+    f = np.concatenate([r["h2"] for r in board.reference]).astype(np.float64)
+    whole = np.linalg.norm(q - f) / np.linalg.norm(f)
+    cols = [np.linalg.norm(q[:, c] - f[:, c]) / np.linalg.norm(f[:, c]) for c in range(f.shape[1]) if np.any(f[:, c])]
+    assert np.isclose(errors[i], max(whole, np.median(cols)), rtol=1e-6)
+    # the planted sites stand out; h2's 80-constant channel masks its damage in the whole-tensor number
+    assert errors[i] > 3 * whole and errors[i] > 5 * errors[by_name["h1"]]
+    assert errors[by_name["w0"]] > 5 * errors[by_name["w1"]]

@@ -38,7 +38,7 @@ from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares
 from .fixfile import patch_yaml
 from .minimal import Gates, search as minimal_search
 from .rootcause import Site, explain, gather, site
-from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, QuantSite, Switchboard, rank
+from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, QuantSite, Switchboard, local_errors, rank
 
 
 
@@ -295,16 +295,27 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
     float_full = onnx.load(str(art.float_model))
     fixed_full = onnx.load(str(art.fixed_model)) if fixed_model.graph.initializer else fixed_model
     tensors = [lay.tensor for lay in layers if lay.skip is None]
-    rows = list(itertools.islice(iter(trial.evals), max(1, samples)))
-    board = Switchboard(float_full, fixed_full, rows, threads=trial.threads, data_dir=art.workdir,
+    samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
+    board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
                         tensors=tensors)
     gates = Gates(board, layers, trial.mspec)
     cut: list[str] = []
-    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline,
-                             both_ways=len(board.sites) <= FULL_SENSITIVITY_SITES)
-    if measured < len(board.sites):
-        cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(board.sites)} sites")
-    candidates = [r.site.index for r in ranking if r.site.node]
+    settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them
+    few = len(board.sites) <= FULL_SENSITIVITY_SITES
+    # Many sites: order them by their own quantization error (free), measure the worst MEASURED_SITES alone.
+    local = local_errors(float_full, fixed_full, board)
+    pre = sorted(settable, key=lambda i: -local[i])
+    chosen_first = pre if few else pre[:MEASURED_SITES]
+    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline, both_ways=few, only=chosen_first)
+    if measured < len(chosen_first):
+        cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(chosen_first)} sites")
+    done = {r.site.index for r in ranking}
+    rest = [i for i in pre if i not in done]
+    candidates = [r.site.index for r in ranking] + rest
+    rows = [{**r.as_json(), "local_error": local[r.site.index]} for r in ranking] + [
+        {"node": board.sites[i].node, "site": board.sites[i].tensor, "kind": board.sites[i].kind,
+         "metric": "local rmse", "score": local[i], "alone": None, "left_float": None, "raised": None,
+         "local_error": local[i]} for i in rest]
     found, level = None, INT16
     for level in (INT16, FLOAT):
         found = minimal_search(candidates, gates.predicate(level), deadline=deadline)
@@ -317,20 +328,21 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
               "passes": v.passes, "margin": v.margin, "first_diverging_layer": v.first_diverging_layer,
               "outputs_cos": v.outputs_cos, "outputs_rmse": v.outputs_rmse}
              for (sites, lv), v in gates.verdicts.items()]
-    account = {"samples": len(rows), "sites": len(board.sites), "ranked": measured, "evaluations": found.evaluations,
+    account = {"samples": len(samples_used), "sites": len(board.sites), "ranked": measured, "evaluations": found.evaluations,
                "runs": board.runs, "inference_seconds": round(board.seconds, 3),
                "seconds": round(time.perf_counter() - t0, 3), "level": _LEVEL_NAMES[level],
                "chosen": [{"node": x.node, "site": x.tensor, "kind": x.kind} for x in chosen],
                "found": found.sites is not None, "cut": cut, "curve": curve}
     if not chosen:
-        return Mixed(tuple(r.as_json() for r in ranking), None, None, account)
+        return Mixed(tuple(rows), None, None, account)
     knobs = [_site_knob(x, level, _setting_node(float_full, x)) for x in chosen]
     label = f"mixed precision: {' + '.join(k.label for k in knobs)}"
-    return Mixed(tuple(r.as_json() for r in ranking), _patch(trial.mspec.quantization, knobs), label, account)
+    return Mixed(tuple(rows), _patch(trial.mspec.quantization, knobs), label, account)
 
 
 _LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
-FULL_SENSITIVITY_SITES = 64  # up to this many sites, also measure each left in float and raised (3 runs a site)
+FULL_SENSITIVITY_SITES = 64  # up to this many sites, measure every one, also left in float and raised (3 runs)
+MEASURED_SITES = 48  # beyond: the sites with the largest own quantization error are measured alone
 
 
 def _setting_node(float_model: onnx.ModelProto, x: QuantSite) -> str:
@@ -467,7 +479,8 @@ def _stored(result: ModelResult, key: str) -> Diagnosis | None:
                                      for x in d["stats"]),
                          remedy=d["remedy"], remedy_result=d["remedy_result"],
                          attempts=tuple(Attempt(**a) for a in d["attempts"]), sensitivity=tuple(d["sensitivity"]),
-                         search={**(d["search"] or {}), "cache": "reused"}, cost=d["cost"])
+                         search=None if d["search"] is None else {**d["search"], "cache": "reused"},
+                         cost=d["cost"])
     except (KeyError, TypeError):
         return None
 
@@ -488,12 +501,11 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
         return result
-    failing = attempts > 0 and any(r.status == FAILED for r in fixed.layers)
-    key = search_key(result, attempts, samples, remedy_time) if failing and use_cache else None
+    attempts = attempts if any(r.status == FAILED for r in fixed.layers) else 0  # xfailed only: statistics
+    key = search_key(result, attempts, samples, remedy_time) if use_cache else None
     new = _stored(result, key) if key else None
     if new is None:
-        new = _deepen(result, fixed, threads, attempts if failing else 0, memory_budget, prepared, samples,
-                      remedy_time)
+        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
                        json.dumps({"key": key, "diagnosis": asdict(new)}, sort_keys=True, default=str))

@@ -369,8 +369,59 @@ class Switchboard:
         return [level if i in raised else INT8 for i in range(len(self.sites))]
 
 
+def _dequantize_np(q: np.ndarray, s: np.ndarray, zp: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is not None and s.ndim == 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        s, zp = s.reshape(shape), zp.reshape(shape)
+    return ((q.astype(np.float64) - zp.astype(np.float64)) * s.astype(np.float64)).astype(np.float32)
+
+
+def local_errors(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, board: Switchboard) -> list[float]:
+    """Per site, the relative rmse its own int8 quantize-dequantize adds to its float tensor, whole or per
+    channel, whichever is worse (activations: on
+    the board's samples, from the float run it already holds, so the board must expose them (a site it does
+    not expose counts 0); weights: the initializer): no run at all.
+
+    Not the effect on the gates (downstream layers amplify or absorb it), but a free first order for models
+    with too many sites to measure each one alone."""
+    _, params = find_sites(float_model, fixed_model)
+    weights = {i.name: i for i in float_model.graph.initializer}
+    out = []
+    for site, par in zip(board.sites, params):
+        if site.kind == "weight":
+            x = numpy_helper.to_array(weights[site.tensor]).astype(np.float32)
+            pairs = [(x, _dequantize_np(par.quantized, par.scale, par.zero_point, par.axis))]
+            axis = 0
+        else:
+            xs = [r.get(site.tensor, sample.get(site.tensor)) for r, sample in zip(board.reference, board.samples)]
+            pairs = [(x, _dequantize_np(_quantize_np(x, par.scale, par.zero_point, par.axis), par.scale,
+                                        par.zero_point, par.axis)) for x in xs if x is not None]
+            axis = 1
+        out.append(max(_relative_rmse(pairs, None), _relative_rmse(pairs, axis)))
+    return out
+
+
+def _relative_rmse(pairs: list[tuple[np.ndarray, np.ndarray]], axis: int | None) -> float:
+    """Relative rmse of the pairs (float, dequantized) as a whole (``axis`` None) or the median over the
+    channels of ``axis``: an outlier channel that sets the range also dominates the whole tensor's norm and
+    hides the damage to the others (the masking the per-layer gates exist for), the median does not."""
+    if not pairs:
+        return 0.0
+    if axis is None or pairs[0][0].ndim <= axis:
+        num = sum(float(np.sum((q.astype(np.float64) - x) ** 2)) for x, q in pairs)
+        den = sum(float(np.sum(x.astype(np.float64) ** 2)) for x, _ in pairs)
+        return float(np.sqrt(num / den)) if den > 0 else 0.0
+    axes = tuple(k for k in range(pairs[0][0].ndim) if k != axis)
+    num = sum(np.sum((q.astype(np.float64) - x) ** 2, axis=axes) for x, q in pairs)
+    den = sum(np.sum(x.astype(np.float64) ** 2, axis=axes) for x, _ in pairs)
+    live = den > 0
+    return float(np.median(np.sqrt(num[live] / den[live]))) if live.any() else 0.0
+
+
 def rank(board: Switchboard, metric: str = "cos", gates: Callable[[Iterable[dict]], float] | None = None,
-         deadline: float | None = None, both_ways: bool = True) -> tuple[list[Sensitivity], int]:
+         deadline: float | None = None, both_ways: bool = True,
+         only: Sequence[int] | None = None) -> tuple[list[Sensitivity], int]:
     """Every site measured three ways, most sensitive (to being quantized alone) first; returns the ranking and
     how many sites were measured before ``deadline`` (``time.monotonic()``; the rest are left out).
 
@@ -378,11 +429,12 @@ def rank(board: Switchboard, metric: str = "cos", gates: Callable[[Iterable[dict
     one configuration's values, the worst normalized margin of the gated layers, below 0 when one fails)
     scores by how far quantizing the site alone pushes the gates ("gate margin": 1 - margin), which sees a
     layer the outputs hide. Ties keep fixed.onnx's order. ``both_ways`` False measures only "alone" (one
-    run per site instead of three: what a large model's search can afford).
+    run per site instead of three: what a large model's search can afford). ``only`` (site indices) measures
+    just those, in that order.
     """
     n = len(board.sites)
     found = []
-    for site in board.sites:
+    for site in (board.sites if only is None else [board.sites[i] for i in only]):
         if deadline is not None and time.monotonic() > deadline:
             break
         levels = [INT8 if i == site.index else FLOAT for i in range(n)]
