@@ -336,7 +336,10 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
     if not chosen:
         return Mixed(tuple(rows), None, None, account)
     knobs = [_site_knob(x, level, _setting_node(float_full, x)) for x in chosen]
-    label = f"mixed precision: {' + '.join(k.label for k in knobs)}"
+    label = f"mixed precision: {' + '.join(k.label for k in knobs)}" if len(knobs) <= 4 else (
+        f"mixed precision: {len(knobs)} sites {'in float' if level == FLOAT else 'at 16 bits'} "
+        f"({sum(x.kind == 'activation' for x in chosen)} activations, {sum(x.kind == 'weight' for x in chosen)} "
+        f"weights; first {', '.join(k.node for k in knobs[:3])})")
     return Mixed(tuple(rows), _patch(trial.mspec.quantization, knobs), label, account)
 
 
