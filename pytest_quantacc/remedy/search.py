@@ -432,7 +432,9 @@ def _cost_line(c: dict) -> str:
 def search_line(d: Diagnosis) -> str:
     """The summary's one line about the remedy search: what it found, what it cost, what was cut or harmful."""
     s = d.search or {}
-    chosen = ", ".join(f"{x['site']} ({x['kind']})" for x in s.get("chosen", ())) or "none"
+    picked = list(s.get("chosen", ()))
+    chosen = ", ".join(f"{x['site']} ({x['kind']})" for x in picked[:4]) + (
+        f" (+{len(picked) - 4} more)" if len(picked) > 4 else "") if picked else "none"
     parts = [f"remedy search: {s.get('ranked', 0)}/{s.get('sites', 0)} sites ranked on {s.get('samples', 0)} "
              f"samples, {s.get('evaluations', 0)} set evaluations; {s.get('level', 'int16')} set: {chosen}"
              + ("" if s.get("verified", True) else " (failed verification)"),
@@ -511,7 +513,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
-                       json.dumps({"key": key, "diagnosis": asdict(new)}, sort_keys=True, default=str))
+                       json.dumps({"key": key, "diagnosis": asdict(new)}, default=str))  # patch order kept
     if new is None:
         return result
     comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
