@@ -53,10 +53,25 @@ def _output(mspec: ModelSpec, model: onnx.ModelProto) -> str:
     return floats[0]
 
 
-def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
-    """Fraction of samples whose arg-max over the last axis is the label (a batch of one per sample)."""
-    predictions = outputs.reshape(len(outputs), -1, outputs.shape[-1]).argmax(-1).reshape(len(outputs), -1)
-    return float(np.mean(predictions == labels.reshape(len(labels), -1)))
+def top1(outputs: np.ndarray | list[np.ndarray], labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max over the last axis is the label: one label per row of each sample's output
+    (a classifier's batch of one: one row, one label per sample). ``outputs``: stacked, or one array per sample."""
+    hits = [np.reshape(o, (-1, np.shape(o)[-1])).argmax(-1) == np.reshape(y, -1) for o, y in zip(outputs, labels)]
+    return float(np.mean(np.concatenate(hits)))
+
+
+def _scorable(mspec: ModelSpec, name: str, outputs: list[np.ndarray], labels: np.ndarray) -> None:
+    """top1 needs, per sample, as many rows of the output's last axis as that sample has labels."""
+    for i, (o, y) in enumerate(zip(outputs, labels)):
+        rows = o.size // o.shape[-1] if o.ndim and o.shape[-1] else 0
+        if rows != np.size(y):
+            shapes = sorted({tuple(x.shape) for x in outputs})
+            shown = ", ".join(str(list(x)) for x in shapes[:4]) + (f" and {len(shapes) - 4} more" if len(shapes) > 4 else "")
+            key = "evaluation.output" if mspec.evaluation.output is None else "evaluation.labels"
+            raise mspec.error(key, f"output {name} cannot be scored by top1: sample {i} has shape {list(o.shape)} "
+                                   f"({rows} rows of the last axis) for {np.size(y)} label(s); its shapes: {shown}. "
+                                   f"top1 needs one label per row: name the output to score with evaluation.output "
+                                   f"(a per-sample class score output), or give a metric: module.py:function")
 
 
 def _user_metric(mspec: ModelSpec):
@@ -74,7 +89,7 @@ def _user_metric(mspec: ModelSpec):
     return fn
 
 
-def _score(mspec: ModelSpec, fn, outputs: np.ndarray, labels: np.ndarray) -> float:
+def _score(mspec: ModelSpec, fn, outputs: np.ndarray | list[np.ndarray], labels: np.ndarray) -> float:
     try:
         value = float(fn(outputs, labels))
     except Exception as exc:  # a user metric failing is an input problem, reported with its words
@@ -97,11 +112,14 @@ def task_accuracy(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int
     for sample in evals:
         f_out.append(float_run.run(sample)[name])
         q_out.append(deployed.run(sample)[name])
-    f_arr, q_arr = np.stack(f_out), np.stack(q_out)
-    if fn is top1 and labels.size != f_arr.size // f_arr.shape[-1]:
-        raise mspec.error("evaluation.labels", f"{len(labels)} labels do not fit output {name} "
-                          f"{list(f_arr.shape[1:])} per sample (top1 needs one label per row of the last axis)")
-    return AccuracyResult(gate.metric, name, _score(mspec, fn, f_arr, labels), _score(mspec, fn, q_arr, labels),
+    if fn is top1:
+        _scorable(mspec, name, f_out, labels)
+        return AccuracyResult(gate.metric, name, top1(f_out, labels), top1(q_out, labels), len(evals), gate.max_drop)
+    # A user metric gets one array when every sample's output has the same shape, else the list of them
+    # (samples of different sizes cannot be stacked).
+    same = len({o.shape for o in f_out}) == 1
+    f_arg, q_arg = (np.stack(f_out), np.stack(q_out)) if same else (f_out, q_out)
+    return AccuracyResult(gate.metric, name, _score(mspec, fn, f_arg, labels), _score(mspec, fn, q_arg, labels),
                           len(evals), gate.max_drop)
 
 

@@ -13,37 +13,75 @@ import onnx
 from ..graph.match import Layer
 from ..graph.structure import ancestors
 from ..spec.model import KnownBad, ModelSpec, Thresholds
-from .metrics import Accumulator, Summary
+from .metrics import Accumulator, Parts, Summary
 from .results import BaselineCheck, Comparison, Evaluated, FAILED, LayerResult, PASSED, SKIPPED, Status, XFAILED, XPASSED
+from .slices import PartsSummary
 
 
+def metrics_break(summary: Summary, parts: tuple[PartsSummary, ...], thresholds: Thresholds) -> bool:
+    """The whole tensor or any of its parts (Concat slices, channels) breaks the thresholds: the worst part
+    decides, so boxes in 0..320 cannot hide destroyed scores concatenated beside them."""
+    return not thresholds.passes(summary["cos"], summary["rmse"]) or any(
+        p.breaks(thresholds.cos, thresholds.rmse) for ps in parts for p in ps.parts)
 
 
-
-def layer_status(summary: Summary, thresholds: Thresholds, known_bad: KnownBad | None) -> str:
-    ok = thresholds.passes(summary["cos"], summary["rmse"])
+def layer_status(summary: Summary, thresholds: Thresholds, known_bad: KnownBad | None,
+                 parts: tuple[PartsSummary, ...] = ()) -> str:
+    ok = not metrics_break(summary, parts, thresholds)
     if known_bad is not None:
         return XPASSED if ok else XFAILED
     return PASSED if ok else FAILED
 
 
+def judge_layer(r: LayerResult, mspec: ModelSpec, on_own: bool) -> LayerResult:
+    """A layer's status from its measured metrics and the spec's thresholds, known_bad and gate.
+
+    ``diverges`` is always decided on the accumulated metrics (it locates the first diverging layer). The status
+    is decided on the own error when ``on_own`` (``gate: {layers: own}``, not a model output) and the own error
+    was measured; a layer the quantizer left in float adds no error of its own and passes there.
+    """
+    thresholds = mspec.thresholds_for(r.layer.name)
+    kb = mspec.known_bad_for(r.layer.name)
+    r = replace(r, thresholds=thresholds, known_bad=kb, inherited_from=None)
+    if r.status == SKIPPED or r.summary is None:
+        return replace(r, status=SKIPPED, diverges=False)
+    diverges = metrics_break(r.summary, r.parts, thresholds)
+    reason = kb.reason if kb else None
+    if on_own and r.own is not None:
+        status = layer_status(r.own, thresholds, kb, r.own_parts)
+        return replace(r, status=status, diverges=diverges, gate="own", reason=reason)
+    if on_own and r.layer.quant_tensor is None:
+        return replace(r, status=XPASSED if kb else PASSED, diverges=diverges, gate="own", reason=reason)
+    status = layer_status(r.summary, thresholds, kb, r.parts)
+    return replace(r, status=status, diverges=diverges, gate="accumulated", reason=reason)
+
+
+def judge_comparison(c: Comparison, mspec: ModelSpec, outputs: set[str]) -> Comparison:
+    """Every layer of ``c`` judged (see :func:`judge_layer`); model outputs always on accumulated metrics.
+
+    The own gate applies to float vs fixed only, and only once an own-error pass has measured something (the
+    dump backend measures none: its layers stay on accumulated metrics).
+    """
+    own = (mspec.gate.layers == "own" and (c.reference, c.target) == ("float", "fixed")
+           and any(r.own is not None for r in c.layers))
+    return c.with_layers(tuple(judge_layer(r, mspec, own and r.layer.tensor not in outputs) for r in c.layers))
+
+
 def finish(layers: list[Layer], accs: dict[str, Accumulator], skips: dict[str, str], mspec: ModelSpec,
-            reference: str, target: str) -> Comparison:
+           reference: str, target: str, parts: Parts | None = None, outputs: set[str] | None = None) -> Comparison:
+    """The comparison of ``reference`` vs ``target`` from accumulated metrics, judged."""
     results = []
     for layer in layers:
         thresholds = mspec.thresholds_for(layer.name)
-        kb = mspec.known_bad_for(layer.name)
         reason = layer.skip or skips.get(layer.tensor)
         acc = accs.get(layer.tensor)
         if reason or acc is None or acc.samples == 0:
             results.append(LayerResult(layer, acc.summary() if acc and acc.samples else None, thresholds, SKIPPED,
-                                       reason or "no samples compared", kb))
+                                       reason or "no samples compared"))
             continue
-        summary = acc.summary()
-        results.append(LayerResult(layer, summary, thresholds, layer_status(summary, thresholds, kb),
-                                   kb.reason if kb else None, kb))
-    first = next((r for r in results if r.breaks), None)
-    return Comparison(reference, target, tuple(results), first)
+        split = tuple(a.summary() for a in (parts or {}).get(layer.tensor, ()) if a is not None and a.samples)
+        results.append(LayerResult(layer, acc.summary(), thresholds, PASSED, parts=split))
+    return judge_comparison(Comparison(reference, target, tuple(results)), mspec, outputs or set())
 
 
 def inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..graph.parts import PartPlan
+from .slices import SLICE_REL_FLOOR, PartsAccumulator
+
 NAMES = ("cos", "rmse", "mse", "sqnr_db", "max_abs")
 # For each metric, which direction is worse (worst-sample values are reported beside the mean).
 _WORSE_IS_LOWER = {"cos": True, "rmse": False, "mse": False, "sqnr_db": True, "max_abs": False}
@@ -139,9 +142,14 @@ class AgreementAccumulator:
         return Agreement(self.tensor, self.elements, self.max_steps, self.mismatches, dict(self.bins))
 
 
-def accumulate(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f, q) -> None:
-    """Add one sample of ``tensor`` (float ``f`` vs target ``q``) to its accumulator, or record why it cannot
-    be compared (missing in one model, not a float tensor, shapes differ)."""
+Parts = dict[str, list[PartsAccumulator | None]]  # tensor -> one accumulator per PartPlan (None: dropped)
+
+
+def accumulate(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, f, q, parts: Parts | None = None,
+               plans: tuple[PartPlan, ...] = ()) -> None:
+    """Add one sample of ``tensor`` (float ``f`` vs target ``q``) to its accumulator, and to its parts'
+    accumulators when ``plans`` split it, or record why it cannot be compared (missing in one model, not a
+    float tensor, shapes differ)."""
     if tensor in skips:
         return
     if f is None or q is None:
@@ -152,4 +160,30 @@ def accumulate(acc: dict[str, Accumulator], skips: dict[str, str], tensor: str, 
         skips[tensor] = f"shapes differ: float {list(f.shape)} vs {list(q.shape)}"
     else:
         acc.setdefault(tensor, Accumulator()).add(tensor_metrics(f, q))
+        if plans and parts is not None:
+            add_parts(parts, tensor, plans, f, q)
+
+
+def add_parts(parts: Parts, tensor: str, plans: tuple[PartPlan, ...], f: np.ndarray, q: np.ndarray) -> None:
+    """One sample of ``tensor`` into each of its parts' accumulators, created from the first sample (a channel
+    count is the tensor's size along the axis). A plan the sample does not fit (the count changed between
+    samples of a dynamic shape) is dropped: that tensor is then judged on the parts that stay measurable."""
+    accs = parts.get(tensor)
+    if accs is None:
+        accs = parts[tensor] = [_parts_accumulator(plan, f) for plan in plans]
+    for i, a in enumerate(accs):
+        if a is None:
+            continue
+        try:
+            a.add(f, q)
+        except ValueError:
+            accs[i] = None
+
+
+def _parts_accumulator(plan: PartPlan, f: np.ndarray) -> PartsAccumulator | None:
+    if f.ndim <= plan.axis or (plan.kind == "channel" and f.shape[plan.axis] < 2):
+        return None  # one channel is the whole tensor
+    if plan.kind == "channel":
+        return PartsAccumulator.channels(plan.axis, f.shape[plan.axis])
+    return PartsAccumulator(plan.axis, plan.bounds, "slice", SLICE_REL_FLOOR, plan.names, plan.node)
 

@@ -12,12 +12,13 @@ import onnx
 
 from ..convert.workdir import Artifacts
 from ..graph.match import Layer, match_layers
+from ..graph.parts import PartPlan, part_plans
 from ..graph.structure import prune
 from ..samples import Samples
 from ..spec.model import ModelSpec
 from .diagnose import diagnose
-from .judge import apply_inheritance, finish, inherit_outputs
-from .metrics import Accumulator, AgreementAccumulator, accumulate, tensor_metrics
+from .judge import apply_inheritance, finish, inherit_outputs, judge_comparison
+from .metrics import Accumulator, AgreementAccumulator, Parts, accumulate, add_parts, tensor_metrics
 from .passes import Plan, default_budget, plan, tensor_bytes
 from .results import AgreementResult, Comparison, ModelResult
 from .runner import Runner, isolate, pipelined
@@ -57,11 +58,16 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
     overlap = threads != 1
     budget = memory_budget if memory_budget is not None else default_budget()
     passes = plan_passes(float_model, layers, evals, modes, budget, 2 if overlap else 1)
+    # Concat outputs per slice always, every channel-first tensor per channel when the gate asks for it.
+    plans = part_plans(float_model, [lay.tensor for lay in layers if lay.skip is None] + outputs,
+                       channels=mspec.gate.granularity == "channel")
 
     fx_acc: dict[str, Accumulator] = {}
     fx_skip: dict[str, str] = {}
+    fx_parts: Parts = {}
     off_acc: dict[str, Accumulator] = {}
     off_skip: dict[str, str] = {}
+    off_parts: Parts = {}
     agree = {lay.quant_tensor: AgreementAccumulator(lay.quant_tensor, mspec.offline.tolerance_steps)
              for lay in layers if lay.quant_tensor}
     for k, chunk in enumerate(passes.passes):
@@ -79,10 +85,12 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
             f, fx, off, deployed = results
             if f and fx:
                 for lay in compared:
-                    accumulate(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
+                    accumulate(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor),
+                               fx_parts, plans.get(lay.tensor, ()))
             if f and deployed:
                 for name in outs:
-                    accumulate(off_acc, off_skip, name, f.get(name), deployed.get(name))
+                    accumulate(off_acc, off_skip, name, f.get(name), deployed.get(name), off_parts,
+                               plans.get(name, ()))
             if fx and off:
                 for lay in quantized:
                     a, b = fx.get(lay.quant_tensor), off.get(lay.quant_tensor)
@@ -93,17 +101,19 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         del runners, run  # free this pass's sessions before the next pass builds its own
 
     comparisons = []
+    out_set = set(outputs)
     if "float" in modes and "fixed" in modes:
-        main = finish(layers, fx_acc, fx_skip, mspec, "float", "fixed")
-        if main.first_diverging is not None:
-            # Only a failing model pays for the second pass that separates own from inherited error.
-            main = _with_own_error(main, art, float_model, layers, evals, passes, threads)
-            main = apply_inheritance(float_model, main)
+        main = finish(layers, fx_acc, fx_skip, mspec, "float", "fixed", fx_parts, out_set)
+        if main.first_diverging is not None or mspec.gate.layers == "own":
+            # Only a failing model pays for the second pass that separates own from inherited error, unless
+            # the gate judges every layer on its own error.
+            main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans)
+            main = apply_inheritance(float_model, judge_comparison(main, mspec, out_set))
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:
         out_layers = [Layer(out_ops.get(t, (t, "Input"))[0], out_ops.get(t, (t, "Input"))[1], t, i)
                       for i, t in enumerate(outputs)]
-        outs = finish(out_layers, off_acc, off_skip, mspec, "float", "offline")
+        outs = finish(out_layers, off_acc, off_skip, mspec, "float", "offline", off_parts, out_set)
         if comparisons:
             outs = inherit_outputs(outs, comparisons[0])
         comparisons.append(outs)
@@ -148,14 +158,17 @@ def _pass_runners(art: Artifacts, float_model: onnx.ModelProto, fixed_model: onn
 
 
 def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.ModelProto, layers: list[Layer],
-                    evals: Samples, passes: Plan, threads: int) -> Comparison:
-    """Second pass: each quantized layer's own error, from the fixed model rewired to read float values."""
+                    evals: Samples, passes: Plan, threads: int,
+                    plans: dict[str, tuple[PartPlan, ...]]) -> Comparison:
+    """Second pass: each quantized layer's own error, whole and per part, from the fixed model rewired to read
+    float values."""
     model, feeds, own_names = isolate(onnx.load(str(art.fixed_model), load_external_data=False))
     targets = {lay.tensor: lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names}
     known = {t for n in float_model.graph.node for t in n.output} | {i.name for i in float_model.graph.input}
     if not targets or not set(feeds.values()) <= known:
         return comparison
     accs: dict[str, Accumulator] = {t: Accumulator() for t in targets}
+    own_parts: Parts = {}
     overlap = threads != 1
     for chunk in passes.passes:
         todo = [targets[t] for t in chunk if t in targets]
@@ -175,9 +188,16 @@ def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.Mo
         def reduce(outputs, todo=todo) -> None:
             f, o = outputs
             for lay in todo:
-                accs[lay.tensor].add(tensor_metrics(f[lay.tensor], o[own_names[lay.quant_tensor]]))
+                a, b = f[lay.tensor], o[own_names[lay.quant_tensor]]
+                accs[lay.tensor].add(tensor_metrics(a, b))
+                if lay.tensor in plans:
+                    add_parts(own_parts, lay.tensor, plans[lay.tensor], a, b)
 
         pipelined(evals, run, reduce, overlap=overlap)
         del own_run, float_run, run
+    def parts_of(tensor: str) -> tuple:
+        return tuple(a.summary() for a in own_parts.get(tensor, ()) if a is not None and a.samples)
+
     return comparison.with_layers(tuple(
-        replace(r, own=accs[r.layer.tensor].summary()) if r.layer.tensor in accs else r for r in comparison.layers))
+        replace(r, own=accs[r.layer.tensor].summary(), own_parts=parts_of(r.layer.tensor))
+        if r.layer.tensor in accs else r for r in comparison.layers))

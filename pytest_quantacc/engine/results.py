@@ -17,6 +17,7 @@ from ..errors import QuantaccInputError
 from ..graph.match import Layer
 from ..spec.model import KnownBad, ModelSpec, Thresholds
 from .metrics import Agreement, Summary
+from .slices import PartMetrics, PartsSummary
 
 
 
@@ -30,6 +31,7 @@ XPASSED: Status = "xpassed"
 SKIPPED: Status = "skipped"
 
 DiagnosisKind = Literal["abrupt", "gradual"]
+GateUse = Literal["accumulated", "own"]
 StatsRole = Literal["output", "input", "weights", "input producer weights"]
 CacheUse = Literal["computed", "reused", "off"]  # inference ran / stored metrics re-judged / --quantacc-no-cache
 BaselineVerdict = Literal["regressed", "improved", "same"]
@@ -50,16 +52,39 @@ class LayerResult:
     known_bad: KnownBad | None = None
     inherited_from: str | None = None  # set by diagnosis when the failure comes from an upstream known_bad
     own: Summary | None = None  # the layer's own error: its quantized computation fed with float inputs
+    parts: tuple[PartsSummary, ...] = ()  # accumulated metrics per Concat slice / per channel (engine.slices)
+    own_parts: tuple[PartsSummary, ...] = ()  # the own error, per the same parts
+    diverges: bool = False  # the accumulated metrics (whole or a part) break the thresholds: set by judge
+    gate: GateUse = "accumulated"  # which metrics decided the status (spec gate.layers; outputs: accumulated)
 
     @property
     def breaks(self) -> bool:
-        """The metrics break the thresholds (whether or not the layer is known bad)."""
+        """The judged metrics break the thresholds (whether or not the layer is known bad)."""
         return self.status in (FAILED, XFAILED)
 
     @property
     def own_breaks(self) -> bool:
-        """Its own error (quantized computation fed float inputs) breaks the thresholds, where measured."""
-        return self.own is not None and not self.thresholds.passes(self.own["cos"], self.own["rmse"])
+        """Its own error (quantized computation fed float inputs), whole or in a part, breaks the thresholds,
+        where measured."""
+        t = self.thresholds
+        return self.own is not None and (not t.passes(self.own["cos"], self.own["rmse"]) or
+                                         any(p.breaks(t.cos, t.rmse) for ps in self.own_parts for p in ps.parts))
+
+    def lowest_cos(self) -> tuple[float, str | None]:
+        """The accumulated cos, or its worst part's when lower, with that part's label (None: the whole)."""
+        cos, label = self.summary["cos"], None
+        for ps in self.parts:
+            for p in ps.parts:
+                if p.cos is not None and p.cos < cos:
+                    cos, label = p.cos, ps.label(p)
+        return cos, label
+
+    def worst_part(self, kind: str, own: bool = False) -> tuple[PartsSummary, PartMetrics] | None:
+        """The ``kind`` ("slice" / "channel") part furthest past the thresholds, with the split it belongs to."""
+        for ps in self.own_parts if own else self.parts:
+            if ps.kind == kind and ps.parts:
+                return ps, ps.worst(self.thresholds.cos, self.thresholds.rmse)
+        return None
 
 
 @dataclass(frozen=True)
@@ -75,7 +100,7 @@ class Comparison:
 
     def with_layers(self, layers: tuple[LayerResult, ...]) -> Comparison:
         """The same comparison over updated layer results (the first diverging layer follows them)."""
-        return replace(self, layers=layers, first_diverging=next((r for r in layers if r.breaks), None))
+        return replace(self, layers=layers, first_diverging=next((r for r in layers if r.diverges), None))
 
 
 @dataclass(frozen=True)
@@ -132,6 +157,57 @@ class ModelResult:
         return PASSED
 
 @dataclass(frozen=True)
+class Root:
+    """A layer whose own error (its quantized computation fed float inputs) breaks the thresholds: where
+    quantization damage is made rather than carried. ``part``: the slice / channel that breaks when the whole
+    tensor's own error passes (a Concat's small-range input, an outlier channel)."""
+
+    layer: str
+    op_type: str
+    position: int
+    own_cos: float
+    own_rmse: float
+    part: str | None = None
+    part_cos: float | None = None
+    part_rmse: float | None = None
+
+    def text(self) -> str:
+        head = f"{self.layer} ({self.op_type}) own cos {self.own_cos:.4f} rmse {self.own_rmse:.4f}"
+        if self.part is None:
+            return head
+        cos = "-" if self.part_cos is None else f"{self.part_cos:.4f}"
+        return f"{head}; {self.part}: own cos {cos} rmse {self.part_rmse:.4f}"
+
+    def as_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One step of the graph: accumulated cos of a layer's worst input (``before``) and of the layer itself
+    (``after``; the worst part's when the layer is split). Large drops locate damage even where no own error
+    was measured."""
+
+    layer: str
+    op_type: str
+    position: int
+    before: float
+    after: float
+    part: str | None = None
+
+    @property
+    def drop(self) -> float:
+        return self.before - self.after
+
+    def text(self) -> str:
+        where = f" ({self.part})" if self.part else ""
+        return f"{self.layer}{where} {self.before:.4f} -> {self.after:.4f} (-{self.drop:.4f})"
+
+    def as_json(self) -> dict:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "drop": self.drop}
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     layer: str | None  # the first diverging layer's node name
     kind: DiagnosisKind | None
@@ -139,6 +215,8 @@ class Diagnosis:
     why: tuple[str, ...]
     todo: tuple[str, ...]
     contributors: tuple[str, ...] = ()  # layers whose own error contributes most
+    roots: tuple[Root, ...] = ()  # every layer whose own error breaks the thresholds, in graph order
+    drops: tuple[Drop, ...] = ()  # the largest single-step drops of accumulated cos, largest first
     # Filled by remedy.search.deepen: statistics of the tensors involved, the verified spec patch and its
     # measured result, and every remedy attempt.
     stats: tuple[TensorStats, ...] = ()
@@ -172,10 +250,14 @@ class TensorStats:
     levels: int | None = None  # distinct quantized values used
     channel_spread: float | None = None  # largest per-channel max|x| / median per-channel max|x|
     widest_channel: int | None = None
+    calibration_observed: tuple[float, float] | None = None  # min/max the calibration data itself reaches
+    uncovered: float | None = None  # fraction of evaluation values outside the calibration data's own range
+    clipped_covered: float | None = None  # fraction clipped although the calibration data reaches them
+    zero_point_exact: float | None = None  # the zero point before rounding, from the calibration data's range
 
     def as_json(self) -> dict:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        for k in ("calibrated", "observed"):
+        for k in ("calibrated", "observed", "calibration_observed"):
             if out[k] is not None:
                 out[k] = list(out[k])
         return out
@@ -189,8 +271,10 @@ class TensorStats:
             head += f", per channel median {self.channel_error_median:.3f} / worst {self.channel_error_worst:.3f}"
         parts = [head]
         if self.calibrated is not None and self.observed is not None:
-            parts.append(f"calibrated range [{self.calibrated[0]:.4g}, {self.calibrated[1]:.4g}] vs observed "
-                         f"[{self.observed[0]:.4g}, {self.observed[1]:.4g}]")
+            parts.append(f"representable range [{self.calibrated[0]:.4g}, {self.calibrated[1]:.4g}] vs observed "
+                         f"[{self.observed[0]:.4g}, {self.observed[1]:.4g}]"
+                         + (f" (calibration data's own range [{self.calibration_observed[0]:.4g}, "
+                            f"{self.calibration_observed[1]:.4g}])" if self.calibration_observed else ""))
         if self.clipped is None and self.collapsed is not None:
             parts.append(f"{100 * self.collapsed:.1f}% of non-zero weights round to zero, {self.levels} levels used")
         if self.clipped is not None:

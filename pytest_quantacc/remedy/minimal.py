@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 import time
 
+import onnx
+
 from ..engine.judge import finish
-from ..engine.metrics import Accumulator, accumulate
+from ..engine.metrics import Accumulator, Parts, accumulate
 from ..engine.results import FAILED, PASSED, Comparison
 from ..graph.match import Layer
+from ..graph.parts import part_plans
 from ..spec.model import ModelSpec
 from .sensitivity import INT16, Switchboard
 
@@ -140,26 +143,36 @@ def margin(cos: float, rmse: float, cos_min: float, rmse_max: float) -> float:
 
 class Gates:
     """The float-vs-fixed comparison's gates (engine/judge.py's ``finish``: per-layer thresholds, known_bad
-    layers xfail, model outputs are layers too) applied to switchboard values instead of a re-converted model,
-    so a candidate set costs one run per sample. ``verdicts`` keeps every configuration judged (the curve)."""
+    layers xfail, model outputs are layers too, Concat outputs per slice and channels with ``gate:
+    {granularity: channel}``: the worst part decides) applied to switchboard values instead of a re-converted
+    model, so a candidate set costs one run per sample. ``gate: {layers: own}`` is judged on accumulated error
+    here (the switchboard measures no own error), which is stricter. ``verdicts`` keeps every configuration
+    judged (the curve)."""
 
-    def __init__(self, board: Switchboard, layers: Sequence[Layer], mspec: ModelSpec) -> None:
+    def __init__(self, board: Switchboard, layers: Sequence[Layer], mspec: ModelSpec,
+                 float_model: onnx.ModelProto) -> None:
         self.board, self.layers, self.mspec = board, list(layers), mspec
         self.compared = [lay for lay in self.layers if lay.skip is None and lay.tensor in board.kept]
+        self.plans = part_plans(float_model, [lay.tensor for lay in self.compared] + board.outputs,
+                                channels=mspec.gate.granularity == "channel")
         self.verdicts: dict[tuple[frozenset[int], int], Verdict] = {}
 
     def comparison(self, values: Iterable[dict]) -> Comparison:
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
+        parts: Parts = {}
         for ref, val in zip(self.board.reference, values):
             for lay in self.compared:
-                accumulate(accs, skips, lay.tensor, ref.get(lay.tensor), val.get(lay.tensor))
-        return finish(self.layers, accs, skips, self.mspec, "float", "fixed")
+                accumulate(accs, skips, lay.tensor, ref.get(lay.tensor), val.get(lay.tensor), parts,
+                           self.plans.get(lay.tensor, ()))
+        return finish(self.layers, accs, skips, self.mspec, "float", "fixed", parts, set(self.board.outputs))
 
     def judge(self, values: Iterable[dict]) -> Verdict:
         comp = self.comparison(values)
         gated = [r for r in comp.layers if r.status in (PASSED, FAILED) and r.summary is not None]
-        worst = min((margin(r.summary["cos"], r.summary["rmse"], r.thresholds.cos, r.thresholds.rmse)
+        worst = min((min([margin(r.summary["cos"], r.summary["rmse"], r.thresholds.cos, r.thresholds.rmse)]
+                         + [margin(1.0 if p.cos is None else p.cos, p.rmse, r.thresholds.cos, r.thresholds.rmse)
+                            for ps in r.parts for p in ps.parts])
                      for r in gated), default=1.0)
         outs = [r for r in comp.layers if r.summary is not None and r.layer.tensor in self.board.outputs]
         first = next((r for r in comp.layers if r.status == FAILED), None)

@@ -119,8 +119,14 @@ def _per_channel(f: np.ndarray, q: np.ndarray, axis: int) -> tuple[float, float]
     return (float(np.median(finite)) if finite.size else 0.0), (float(finite.max()) if finite.size else 0.0)
 
 
-def activation_stats(role: str, layer: Layer, node: str, values: np.ndarray) -> TensorStats | None:
-    """Statistics of one quantized activation from its float values over evaluation samples (axis 0)."""
+def activation_stats(role: str, layer: Layer, node: str, values: np.ndarray,
+                     calibration_range: tuple[float, float] | None = None) -> TensorStats | None:
+    """Statistics of one quantized activation from its float values over evaluation samples (axis 0).
+
+    ``calibration_range``: the min/max the calibration data itself reaches for this tensor. Only against it can
+    clipping be blamed on coverage (evaluation values the calibration data never showed) or on the quantization
+    parameters (values the calibration data reaches, cut because the rounded zero point shifts the grid).
+    """
     qp = layer.qparams
     if qp is None or values.size == 0:
         return None
@@ -135,6 +141,13 @@ def activation_stats(role: str, layer: Layer, node: str, values: np.ndarray) -> 
                  calibrated=((lo - zp) * scale, (hi - zp) * scale), observed=(float(f.min()), float(f.max())),
                  clipped=float(np.mean((q == lo) & (f < (lo - zp) * scale) | (q == hi) & (f > (hi - zp) * scale))),
                  collapsed=collapsed, levels=int(np.unique(q).size))
+    if calibration_range is not None:
+        c_lo, c_hi = calibration_range
+        covered = (f >= c_lo) & (f <= c_hi)
+        clipped = (f < (lo - zp) * scale) | (f > (hi - zp) * scale)
+        stats.update(calibration_observed=(float(c_lo), float(c_hi)), uncovered=float(np.mean(~covered)),
+                     clipped_covered=float(np.mean(clipped & covered)),
+                     zero_point_exact=float(lo - min(c_lo, 0.0) / scale) if len(qp.scale) == 1 else None)
     if f.ndim >= 3:  # samples, batch, channels, ...: channel axis 2 of the stacked array
         amax = np.moveaxis(np.abs(f), 2, 0).reshape(f.shape[2], -1).max(axis=1)
         med = float(np.median(amax))
@@ -183,8 +196,9 @@ def weight_stats(role: str, float_model: onnx.ModelProto, fixed_model: onnx.Mode
 
 
 def gather(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, layers: list[Layer], where: Site,
-           evals: Samples, float_path) -> tuple[TensorStats, ...]:
-    """Statistics of the output, the input activation and the weights at ``where`` (a short float pass)."""
+           evals: Samples, float_path, calibration: Samples | None = None) -> tuple[TensorStats, ...]:
+    """Statistics of the output, the input activation and the weights at ``where`` (a short float pass, and
+    a min/max pass over every ``calibration`` sample: the range the quantizer saw)."""
     by_tensor = {lay.tensor: lay for lay in layers}
     out_layer = next((lay for lay in layers if lay.name == where.node and lay.qparams is not None), None)
     in_layer = by_tensor.get(where.input_tensor) if where.input_tensor else None
@@ -198,12 +212,21 @@ def gather(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, layers: l
             got = run.run(sample)
             for lay in wanted:
                 values[lay.tensor].append(got[lay.tensor])
+    ranges: dict[str, tuple[float, float]] = {}
+    if wanted and calibration is not None:
+        for sample in calibration:
+            got = run.run(sample)
+            for lay in wanted:
+                v = got[lay.tensor]
+                lo, hi = ranges.get(lay.tensor, (np.inf, -np.inf))
+                ranges[lay.tensor] = (min(lo, float(v.min())), max(hi, float(v.max())))
     stats: list[TensorStats | None] = []
     if in_layer is not None and values.get(in_layer.tensor):
         stats.append(activation_stats("input", in_layer, where.producer or in_layer.name,
-                                      _stack(values[in_layer.tensor])))
+                                      _stack(values[in_layer.tensor]), ranges.get(in_layer.tensor)))
     if out_layer is not None and values.get(out_layer.tensor):
-        stats.append(activation_stats("output", out_layer, where.node, _stack(values[out_layer.tensor])))
+        stats.append(activation_stats("output", out_layer, where.node, _stack(values[out_layer.tensor]),
+                                      ranges.get(out_layer.tensor)))
     if where.weight:
         stats.append(weight_stats("weights", float_model, fixed_model, where.compute, where.weight,
                                   str(Path(float_path).parent)))
@@ -218,6 +241,30 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays) if len(shapes) == 1 else np.concatenate([a.reshape(1, -1) for a in arrays], axis=1)[None]
 
 
+def _clipping(s: TensorStats) -> list[str]:
+    """Why values are clipped, each cause stated only when the numbers show it."""
+    rep = f"[{s.calibrated[0]:.4g}, {s.calibrated[1]:.4g}]"
+    if s.calibration_observed is None:
+        return [f"{s.tensor}: {100 * s.clipped:.2f}% of the evaluation values fall outside the representable range "
+                f"{rep}"]
+    own = f"[{s.calibration_observed[0]:.4g}, {s.calibration_observed[1]:.4g}]"
+    lines = []
+    if s.uncovered > 0.001:
+        lines.append(f"{s.tensor}: {100 * s.uncovered:.2f}% of the evaluation values fall outside the calibration "
+                     f"data's own range {own}: the calibration data does not cover the evaluation data")
+    if s.clipped_covered > 0.001:
+        (c_lo, c_hi), (r_lo, r_hi) = s.calibration_observed, s.calibrated
+        steps = max(r_lo - c_lo, c_hi - r_hi, 0.0) / s.scale
+        cause = "the representable range is narrower than the range calibration measured"
+        if s.zero_point_exact is not None and abs(s.zero_point_exact - s.zero_point) > 0.01:
+            cause = (f"the zero point rounds {s.zero_point_exact:.2f} -> {s.zero_point} (scale {s.scale:.4g}), "
+                     f"which shifts the representable range to {rep}")
+        cause += f"; values are cut by at most {steps:.2f} of a step"
+        lines.append(f"{s.tensor}: {100 * s.clipped_covered:.2f}% of the values are clipped although the calibration "
+                     f"data reaches them (its own range {own}): {cause}")
+    return lines
+
+
 def explain(stats: tuple[TensorStats, ...]) -> list[str]:
     """Plain-language findings from the statistics (the 'why' lines of the diagnosis)."""
     lines = [s.describe() for s in stats]
@@ -227,8 +274,7 @@ def explain(stats: tuple[TensorStats, ...]) -> list[str]:
                          f"channels lose their resolution (median per-channel error {s.channel_error_median:.2f}) "
                          f"while whole-tensor metrics stay good: the outlier-channel signature")
         elif s.clipped is not None and s.clipped > 0.001:
-            lines.append(f"{s.tensor}: {100 * s.clipped:.2f}% of the evaluation values fall outside the calibrated "
-                         f"range: the calibration data does not cover the evaluation data")
+            lines += _clipping(s)
         if s.role.endswith("weights") and max(s.channel_error_median or s.error, s.collapsed or 0.0) > 0.1:
             per_channel = "" if s.channel_error_median is None else f", per channel median {s.channel_error_median:.2f}"
             lines.append(f"{s.tensor}: the weights themselves lose their precision at {s.dtype} (relative error "

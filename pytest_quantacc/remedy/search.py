@@ -24,7 +24,7 @@ from ..convert.prepare import PreparedModel
 from ..convert.quantize import quantize
 from ..convert.workdir import data_key, digest, read_manifest, write_manifest
 from ..engine.judge import finish
-from ..engine.metrics import Accumulator, accumulate
+from ..engine.metrics import Accumulator, Parts, accumulate
 from ..engine.ort_backend import plan_passes
 from ..engine.passes import default_budget
 from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
@@ -32,6 +32,7 @@ from ..engine.runner import Runner
 from ..errors import QuantaccInputError
 from ..files import write_text
 from ..graph.match import match_layers
+from ..graph.parts import part_plans
 from ..graph.structure import consumers, prune
 from ..spec.model import ModelSpec, Override, Quantization
 from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
@@ -154,6 +155,8 @@ class _Trial:
         by_tensor = {lay.tensor: lay for lay in layers if lay.skip is None}
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
+        parts: Parts = {}  # judged like the evaluation: Concat slices (and channels with the channel gate)
+        plans = part_plans(self.float_model, list(by_tensor), channels=mspec.gate.granularity == "channel")
         for chunk in self.passes:
             compared = [by_tensor[t] for t in chunk if t in by_tensor]
             if not compared:
@@ -163,8 +166,9 @@ class _Trial:
             for sample, f in self._pairs(list(chunk)):
                 fx = run.run(sample)
                 for lay in compared:
-                    accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
-        comp = finish(layers, accs, skips, mspec, "float", "fixed")
+                    accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor), parts,
+                               plans.get(lay.tensor, ()))
+        comp = finish(layers, accs, skips, mspec, "float", "fixed", parts, set(self.outputs))
         found = _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
         return replace(found, model=str(art.fixed_model))
 
@@ -298,7 +302,7 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
     samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
     board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
                         tensors=tensors)
-    gates = Gates(board, layers, trial.mspec)
+    gates = Gates(board, layers, trial.mspec, float_full)
     cut: list[str] = []
     settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them
     few = len(board.sites) <= FULL_SENSITIVITY_SITES
@@ -533,13 +537,11 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
         trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
     except (KeyError, QuantaccInputError):
         return None
-    stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model)
+    stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model, trial.calib)
     why = list(d.why)
     if where.shared:
         why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
                    f"and zero point): its precision is set on {where.producer}")
-    if not _outlier_channel(stats):
-        why = [w for w in why if "outlier-channel signature" not in w]  # a hypothesis the statistics rule out
     why += explain(stats)
     remedy, tried, mixed, cut = None, [], None, []
     if attempts > 0:
@@ -605,12 +607,6 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                    remedy_result=best.result_json() if best else None, attempts=tuple(tried),
                    sensitivity=mixed.sensitivity if mixed else (), search=account,
                    cost={"label": remedy.label, **remedy.cost} if remedy and remedy.cost else None)
-
-
-def _outlier_channel(stats: tuple[TensorStats, ...]) -> bool:
-    """The statistics show one input channel setting the range (or there are none to tell)."""
-    inputs = [s for s in stats if s.role == "input" and s.channel_spread is not None]
-    return not inputs or any(s.channel_spread >= 10 for s in inputs)
 
 
 _NAIVE = "raise the precision of the input activations"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..engine.diagnose import offline_hints
+from ..engine.diagnose import offline_effect, offline_hints
 from ..engine.results import BaselineCheck, Comparison, LayerDelta, LayerResult, ModelResult, PipelineResult
 from ..spec.model import ModelSpec
 from .numbers import fmt_num
@@ -34,13 +34,24 @@ def layer_table(comparison: Comparison, around: LayerResult | None = None, conte
 
 
 def _breaks(r: LayerResult) -> str:
-    s, t = r.summary, r.thresholds
+    """What broke, on the metrics the gate judged: the whole tensor's and the worst slice's / channel's."""
+    own = r.gate == "own" and r.own is not None
+    s, t = (r.own if own else r.summary), r.thresholds
     parts = []
     if s["cos"] < t.cos:
         parts.append(f"cos {fmt_num(s['cos'])} < {t.cos}")
     if s["rmse"] > t.rmse:
         parts.append(f"rmse {fmt_num(s['rmse'])} > {t.rmse}")
-    return ", ".join(parts) or f"cos {fmt_num(s['cos'])}, rmse {fmt_num(s['rmse'])} within thresholds"
+    whole = ", ".join(parts) or f"whole tensor cos {fmt_num(s['cos'])}, rmse {fmt_num(s['rmse'])} within thresholds"
+    text = ("own error (quantized computation fed float inputs; gate: {layers: own}): " if own else "") + whole
+    for kind in ("slice", "channel"):
+        found = r.worst_part(kind, own)
+        if found is not None and found[1].breaks(t.cos, t.rmse):
+            ps, p = found
+            text += (f"; worst {ps.label(p)}: cos {fmt_num(p.cos)}, rmse {fmt_num(p.rmse)}"
+                     + (f" ({p.near_zero_samples} of {p.samples} samples near zero: rmse on the tensor's scale)"
+                        if p.near_zero_samples else ""))
+    return text
 
 
 def layer_failure(result: ModelResult, comparison: Comparison, r: LayerResult) -> str:
@@ -100,6 +111,9 @@ def agreement_text(result: ModelResult) -> str:
         head += (f"\nfirst tensor beyond the gate (graph order; later tensors inherit its difference): "
                  f"{first.tensor}: {100 * first.mismatch_rate:.2f}%, max {first.max_steps} steps")
     hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range)
+    effect = offline_effect(result.comparison("float", "fixed"), result.comparison("float", "offline"))
+    if effect is not None:
+        hints.append(effect)
     return "\n".join([head, "", "step differences per tensor (element counts):", table]
                      + ([""] + [f"hint: {h}" for h in hints] if hints else []))
 

@@ -26,11 +26,34 @@ def layer_json(r: LayerResult) -> dict:
         d["worst"] = {k: finite(v) for k, v in r.summary.worst.items()}
     if r.own is not None:
         d["own_cos"], d["own_rmse"] = finite(r.own["cos"]), finite(r.own["rmse"])
+    for kind in ("slice", "channel"):
+        found = r.worst_part(kind)
+        if found is not None:
+            d[f"worst_{kind}"] = part_json(r, kind, *found)
+    slices = next((ps for ps in r.parts if ps.kind == "slice"), None)
+    if slices is not None:
+        d["slices"] = [part_json(r, "slice", slices, p) for p in slices.parts]
+    if r.status != "skipped":
+        d["gate"] = r.gate
     d["status"] = r.status
     if r.reason:
         d["reason"] = r.reason
     if r.inherited_from:
         d["inherited_from"] = r.inherited_from
+    return d
+
+
+def part_json(r: LayerResult, kind: str, ps, p) -> dict:
+    """One slice or channel: its index range, metrics, rule, whether it breaks, and its own error if measured."""
+    d = finite_tree(p.as_json())
+    d["axis"] = ps.axis
+    if kind == "slice" and p.index < len(ps.names):
+        d["input"], d["concat"] = ps.names[p.index], ps.node
+    d["breaks"] = p.breaks(r.thresholds.cos, r.thresholds.rmse)
+    own = next((o for o in r.own_parts if o.kind == kind and o.axis == ps.axis and len(o.parts) == len(ps.parts)),
+               None)
+    if own is not None:
+        d["own_cos"], d["own_rmse"] = finite(own.parts[p.index].cos), finite(own.parts[p.index].rmse)
     return d
 
 
@@ -65,6 +88,8 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
             "first_diverging_layer": c.first_diverging.layer.name if c.first_diverging else None,
             "layers": [layer_json(r) for r in c.layers],
             **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
+                              "roots": [finite_tree(x.as_json()) for x in c.diagnosis.roots],
+                              "drops": [finite_tree(x.as_json()) for x in c.diagnosis.drops],
                               "contributors": list(c.diagnosis.contributors), "why": list(c.diagnosis.why),
                               "todo": list(c.diagnosis.todo), **diagnosis_json(c.diagnosis)}} if c.diagnosis else {}),
         })

@@ -24,5 +24,12 @@ def junit_properties(r: LayerResult) -> list[tuple[str, object]]:
                    else str(r.summary.worst["rmse"]))]
     if r.own is not None:
         props += [("quantacc.own_cos", round(r.own["cos"], 6)), ("quantacc.own_rmse", round(r.own["rmse"], 6))]
+    for kind in ("slice", "channel"):
+        found = r.worst_part(kind)
+        if found is not None:
+            ps, p = found
+            props += [(f"quantacc.worst_{kind}", ps.label(p)),
+                      (f"quantacc.worst_{kind}_cos", "-" if p.cos is None else round(p.cos, 6)),
+                      (f"quantacc.worst_{kind}_rmse", round(p.rmse, 6) if math.isfinite(p.rmse) else str(p.rmse))]
     props.append(("quantacc.status", r.status))
     return props

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ..engine.diagnose import inherited_note
 from ..engine.judge import model_verdict
 from ..engine.results import BaselineCheck, Evaluated, ModelResult, Status
 from ..remedy.search import search_line
@@ -34,13 +35,22 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
             counts[r.status] = counts.get(r.status, 0) + 1
         first = c.first_diverging.layer.name if c.first_diverging else "none"
         measured = [r for r in c.layers if r.summary is not None and r.status != "skipped"]
-        worst = sorted(measured, key=lambda r: r.summary["cos"])[:3]
+        worst = sorted(measured, key=lambda r: r.lowest_cos()[0])[:3]  # a masked slice counts as what it is
+
+        def named(r) -> str:
+            cos, part = r.lowest_cos()
+            return f"{r.layer.name}{f' {part}' if part else ''} cos {fmt_num(cos)}"
+
         lines.append(f"  {c.reference} vs {c.target}: first diverging layer: {first}; "
                      + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-                     + ("; worst: " + ", ".join(f"{r.layer.name} cos {fmt_num(r.summary['cos'])}" for r in worst)
-                        if worst else ""))
+                     + ("; worst: " + ", ".join(named(r) for r in worst) if worst else ""))
         if c.diagnosis is not None:
-            lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}")
+            lines.append(f"    diagnosis: {c.diagnosis.kind} at {c.diagnosis.layer}"
+                         + (f"; roots (own error beyond thresholds): {', '.join(x.layer for x in c.diagnosis.roots)}"
+                            if c.diagnosis.roots else ""))
+            note = inherited_note(c)
+            if note is not None:
+                lines.append(f"    {note}")
             if c.diagnosis.remedy is not None:
                 lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))

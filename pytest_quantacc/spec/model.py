@@ -138,6 +138,24 @@ class BaselineGate:
     required: bool = False
 
 
+GATE_LAYERS = ("accumulated", "own")
+GATE_GRANULARITIES = ("tensor", "channel")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a layer item is judged on (contract section "Layer gate and masking-proof metrics").
+
+    ``layers``: ``accumulated`` (the float-vs-fixed value, error of every layer before included: the contract's
+    default) or ``own`` (the layer's quantized computation fed float inputs: a deep model whose error builds up
+    gradually fails only where a layer adds error itself). ``granularity``: ``tensor`` or ``channel`` (every
+    channel of a channel-first tensor judged on its own too). Concat outputs are judged per slice either way.
+    """
+
+    layers: str = "accumulated"
+    granularity: str = "tensor"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -156,6 +174,7 @@ class ModelSpec:
     preprocess: Preprocess | None = None  # deployment input folded into the float model
     accuracy: AccuracyGate | None = None
     baseline: BaselineGate = field(default_factory=BaselineGate)
+    gate: Gate = field(default_factory=Gate)
 
     @property
     def key(self) -> str:

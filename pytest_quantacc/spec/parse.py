@@ -15,7 +15,7 @@ import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
 from .node import Node, kind_of
 from .preprocess import Preprocess, parse_preprocess
 
@@ -76,6 +76,13 @@ def _baseline(node: Node) -> BaselineGate:
     )
 
 
+def _gate(node: Node) -> Gate:
+    m = node.mapping(("layers", "granularity"))
+    d = Gate()
+    return Gate(layers=m["layers"].choice(GATE_LAYERS) if "layers" in m else d.layers,
+                granularity=m["granularity"].choice(GATE_GRANULARITIES) if "granularity" in m else d.granularity)
+
+
 def _quantization(node: Node) -> Quantization:
     keys = ("method", "percentile", "per_channel", "reduce_range", "activations", "weights", "exclude_nodes",
             "exclude_op_types", "overrides")
@@ -108,7 +115,7 @@ def _quantization(node: Node) -> Quantization:
 
 def _model(node: Node, index: int, spec: Path) -> ModelSpec:
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline")
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "gate")
     m = node.mapping(keys, required=("name", "model", "calibration"))
     name = m["name"].string()
     if any(c in name for c in "[]/:") or name.strip() != name:
@@ -162,6 +169,7 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         preprocess=preprocess,
         accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
+        gate=_gate(m["gate"]) if "gate" in m else Gate(),
     )
 
 

@@ -19,15 +19,19 @@ import onnx
 
 from ..convert.workdir import Artifacts
 from ..engine.diagnose import diagnose
-from ..engine.judge import apply_inheritance, inherit_outputs, layer_status
+from ..engine.judge import apply_inheritance, inherit_outputs, judge_comparison
 from ..engine.metrics import Agreement, Summary
-from ..engine.results import AccuracyResult, AgreementResult, Comparison, Diagnosis, LayerResult, ModelResult, SKIPPED
+from ..engine.results import (AccuracyResult, AgreementResult, Comparison, Diagnosis, Drop, LayerResult, ModelResult,
+                               Root)
+from ..engine.slices import PartMetrics, PartsSummary
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, QParams
 from ..spec.model import KnownBad, ModelSpec, Thresholds
 
 
-FORMAT = 1  # bump when the dict layout changes: stored entries of another format are rebuilt
+
+FORMAT = 2  # bump when the dict layout changes: stored entries of another format are rebuilt
+# 2: per-part metrics (parts, own_parts), diverges, gate; diagnosis roots and drops
 
 
 def _summary(d: dict | None) -> Summary | None:
@@ -58,10 +62,16 @@ def _layer(d: dict) -> Layer:
                  d["skip"], d["fused_into"])
 
 
+def _parts(items: list[dict]) -> tuple[PartsSummary, ...]:
+    return tuple(PartsSummary(p["kind"], p["axis"], tuple(PartMetrics(**m) for m in p["parts"]), tuple(p["names"]),
+                              p["node"]) for p in items)
+
+
 def _layer_result(d: dict) -> LayerResult:
     kb = d["known_bad"]
     return LayerResult(_layer(d["layer"]), _summary(d["summary"]), Thresholds(**d["thresholds"]), d["status"],
-                       d["reason"], KnownBad(**kb) if kb else None, d["inherited_from"], _summary(d["own"]))
+                       d["reason"], KnownBad(**kb) if kb else None, d["inherited_from"], _summary(d["own"]),
+                       _parts(d["parts"]), _parts(d["own_parts"]), d["diverges"], d["gate"])
 
 
 def _comparison(d: dict) -> Comparison:
@@ -82,7 +92,8 @@ def _diagnosis(diag: dict) -> Diagnosis:
         return TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
 
     return Diagnosis(diag["layer"], diag["kind"], tuple(diag["inputs"]), tuple(diag["why"]), tuple(diag["todo"]),
-                     tuple(diag["contributors"]), stats=tuple(stats(s) for s in diag.get("stats", ())),
+                     tuple(diag["contributors"]), tuple(Root(**x) for x in diag["roots"]),
+                     tuple(Drop(**x) for x in diag["drops"]), stats=tuple(stats(s) for s in diag.get("stats", ())),
                      remedy=diag.get("remedy"), remedy_result=diag.get("remedy_result"),
                      attempts=tuple(Attempt(**a) for a in diag.get("attempts", ())),
                      sensitivity=tuple(diag.get("sensitivity", ())), search=diag.get("search"), cost=diag.get("cost"))
@@ -111,6 +122,7 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
                                                "fixed_model": str(art.fixed_model),
                                                "offline_model": str(art.offline_model), "log": list(art.log)},
         "comparisons": [_comparison_dict(c) for c in result.comparisons],
+        "granularity": result.spec.gate.granularity,  # channel parts are measured only when the gate asks
         "agreement": None if a is None else {"tensors": [asdict(t) for t in a.tensors],
                                              "tolerance_steps": a.tolerance_steps,
                                              "max_mismatch_rate": a.max_mismatch_rate},
@@ -138,18 +150,12 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
     return result, (AccuracyResult(**acc) if acc else None)
 
 
-def _rejudge(c: Comparison, mspec: ModelSpec) -> Comparison:
-    """Statuses from stored metrics and the spec's current thresholds and known_bad (as ``engine._finish``)."""
-    layers = []
-    for r in c.layers:
-        kb = mspec.known_bad_for(r.layer.name)
-        thresholds = mspec.thresholds_for(r.layer.name)
-        if r.status == SKIPPED:
-            layers.append(replace(r, thresholds=thresholds, known_bad=kb, inherited_from=None))
-            continue
-        layers.append(replace(r, thresholds=thresholds, known_bad=kb, inherited_from=None,
-                              status=layer_status(r.summary, thresholds, kb), reason=kb.reason if kb else None))
-    return replace(c, diagnosis=None).with_layers(tuple(layers))
+def _without_channels(c: Comparison) -> Comparison:
+    """Per-channel parts stored by a run with ``gate: {granularity: channel}`` dropped (the gate no longer asks)."""
+    def keep(parts: tuple[PartsSummary, ...]) -> tuple[PartsSummary, ...]:
+        return tuple(p for p in parts if p.kind != "channel")
+
+    return replace(c, layers=tuple(replace(r, parts=keep(r.parts), own_parts=keep(r.own_parts)) for r in c.layers))
 
 
 def recheck(d: dict, mspec: ModelSpec, float_model: Path) -> tuple[ModelResult, AccuracyResult | None] | None:
@@ -161,12 +167,17 @@ def recheck(d: dict, mspec: ModelSpec, float_model: Path) -> tuple[ModelResult, 
     result, accuracy = from_dict(d, mspec)
     if result.error is not None:
         return result, accuracy
+    if mspec.gate.granularity == "channel" and d["granularity"] != "channel":
+        return None  # channels were not measured
+    if mspec.gate.granularity != "channel":
+        result = replace(result, comparisons=tuple(_without_channels(c) for c in result.comparisons))
     graph = onnx.load(str(float_model), load_external_data=False)
+    outputs = {o.name for o in graph.graph.output}
     comparisons = []
     for stored, c in zip(d["comparisons"], result.comparisons):
-        c = _rejudge(c, mspec)
+        c = judge_comparison(replace(c, diagnosis=None), mspec, outputs)
         if (c.reference, c.target) == ("float", "fixed"):
-            if c.first_diverging is not None:
+            if c.first_diverging is not None or mspec.gate.layers == "own":
                 if not stored["own_pass"]:
                     return None
                 c = apply_inheritance(graph, c)
