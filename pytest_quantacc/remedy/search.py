@@ -472,8 +472,12 @@ def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: fl
 _STORED = "remedies.json"  # beside results.json in the model's work folder
 
 
-def _stored(result: ModelResult, key: str) -> Diagnosis | None:
-    """The diagnosis a previous run computed with the same key (None: none, another key, unreadable)."""
+_ADDED = ("why", "todo", "stats", "remedy", "remedy_result", "attempts", "sensitivity", "search", "cost")
+
+
+def _stored(result: ModelResult, key: str, base: Diagnosis) -> Diagnosis | None:
+    """``base`` (this run's diagnosis) with what deepen added in a previous run with the same key (None: none,
+    another key, unreadable)."""
     try:
         stored = json.loads((result.artifacts.workdir / _STORED).read_text())
     except (OSError, ValueError):
@@ -481,15 +485,13 @@ def _stored(result: ModelResult, key: str) -> Diagnosis | None:
     if not isinstance(stored, dict) or stored.get("key") != key:
         return None
     try:
-        d = stored["diagnosis"]
-        return Diagnosis(d["layer"], d["kind"], tuple(d["inputs"]), tuple(d["why"]), tuple(d["todo"]),
-                         tuple(d["contributors"]),
-                         stats=tuple(TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in x.items()})
-                                     for x in d["stats"]),
-                         remedy=d["remedy"], remedy_result=d["remedy_result"],
-                         attempts=tuple(Attempt(**a) for a in d["attempts"]), sensitivity=tuple(d["sensitivity"]),
-                         search=None if d["search"] is None else {**d["search"], "cache": "reused"},
-                         cost=d["cost"])
+        d = stored["added"]
+        return replace(base, why=tuple(d["why"]), todo=tuple(d["todo"]),
+                       stats=tuple(TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in x.items()})
+                                   for x in d["stats"]),
+                       remedy=d["remedy"], remedy_result=d["remedy_result"],
+                       attempts=tuple(Attempt(**a) for a in d["attempts"]), sensitivity=tuple(d["sensitivity"]),
+                       search=None if d["search"] is None else {**d["search"], "cache": "reused"}, cost=d["cost"])
     except (KeyError, TypeError):
         return None
 
@@ -512,12 +514,13 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         return result
     attempts = attempts if any(r.status == FAILED for r in fixed.layers) else 0  # xfailed only: statistics
     key = search_key(result, attempts, samples, remedy_time) if use_cache else None
-    new = _stored(result, key) if key else None
+    new = _stored(result, key, fixed.diagnosis) if key else None
     if new is None:
         new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
-                       json.dumps({"key": key, "diagnosis": asdict(new)}, default=str))  # patch order kept
+                       json.dumps({"key": key, "added": {k: v for k, v in asdict(new).items() if k in _ADDED}},
+                                  default=str))  # the patch's key order kept
     if new is None:
         return result
     comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
