@@ -108,9 +108,11 @@ def test_local_errors_match_onnx_runtime_quantize_dequantize(planted):
     board = Switchboard(float_model, fixed_model, samples[:4], tensors=[f"h{i}" for i in range(4)])
     errors = local_errors(float_model, fixed_model, board)
     by_name = {s.tensor: s.index for s in board.sites}
-    dq = next(n.output[0] for n in fixed_model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "w0_quantized")
+    dq = next(n.output[0] for n in fixed_model.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] == "w0_quantized")
     w_ort = Runner(fixed_model, [dq], optimize=False).run(board.samples[0])[dq]
-    w = next(np.frombuffer(i.raw_data, np.float32).reshape(i.dims) for i in float_model.graph.initializer if i.name == "w0")
+    w = next(np.frombuffer(i.raw_data, np.float32).reshape(i.dims) for i in float_model.graph.initializer
+             if i.name == "w0")
 
     def rel(a, b):
         return np.linalg.norm((a - b).astype(np.float64)) / np.linalg.norm(b.astype(np.float64))

@@ -285,8 +285,7 @@ class Mixed:
     search: dict
 
 
-def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, samples: int,
-                    deadline: float | None) -> Mixed:
+def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float | None) -> Mixed:
     """Rank every quantized site on the first ``samples`` evaluation samples and find a small set to raise.
 
     One switched session (sensitivity.py) over the float graph with fixed.onnx's own ranges: no
@@ -296,8 +295,8 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
     """
     t0 = time.perf_counter()
     art = trial.art
-    float_full = onnx.load(str(art.float_model))
-    fixed_full = onnx.load(str(art.fixed_model)) if fixed_model.graph.initializer else fixed_model
+    float_full = onnx.load(str(art.float_model))  # with the weights: 16-bit weights are re-quantized from them
+    fixed_full = onnx.load(str(art.fixed_model))
     tensors = [lay.tensor for lay in layers if lay.skip is None]
     samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
     board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
@@ -305,7 +304,7 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
     gates = Gates(board, layers, trial.mspec, float_full)
     cut: list[str] = []
     settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them
-    few = len(board.sites) <= FULL_SENSITIVITY_SITES
+    few = len(settable) <= FULL_SENSITIVITY_SITES
     # Many sites: order them by their own quantization error (free), measure the worst MEASURED_SITES alone.
     local = local_errors(float_full, fixed_full, board)
     pre = sorted(settable, key=lambda i: -local[i])
@@ -332,8 +331,8 @@ def mixed_precision(trial: _Trial, layers: list, fixed_model: onnx.ModelProto, s
               "passes": v.passes, "margin": v.margin, "first_diverging_layer": v.first_diverging_layer,
               "outputs_cos": v.outputs_cos, "outputs_rmse": v.outputs_rmse}
              for (sites, lv), v in gates.verdicts.items()]
-    account = {"samples": len(samples_used), "sites": len(board.sites), "ranked": measured, "evaluations": found.evaluations,
-               "runs": board.runs, "inference_seconds": round(board.seconds, 3),
+    account = {"samples": len(samples_used), "sites": len(board.sites), "ranked": measured,
+               "evaluations": found.evaluations, "runs": board.runs, "inference_seconds": round(board.seconds, 3),
                "seconds": round(time.perf_counter() - t0, 3), "level": _LEVEL_NAMES[level],
                "chosen": [{"node": x.node, "site": x.tensor, "kind": x.kind} for x in chosen],
                "found": found.sites is not None, "cut": cut, "curve": curve}
@@ -548,7 +547,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     why += explain(stats)
     remedy, tried, mixed, cut = None, [], None, []
     if attempts > 0:
-        mixed = mixed_precision(trial, layers, fixed_model, samples, deadline)
+        mixed = mixed_precision(trial, layers, samples, deadline)
         cut += mixed.search["cut"]
         if mixed.patch is not None:
             a = trial.run(mixed.label, mixed.patch)
