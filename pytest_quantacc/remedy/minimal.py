@@ -4,7 +4,8 @@ The predicate is any callable over a set of site indices returning ``(passes, sc
 better), so the same search runs against the switchboard's outputs here and against the real gates later.
 Steps: greedy in sensitivity order, re-ranking the remaining candidates by their measured gain when a step
 does not improve the score; when greedy has not passed within its step limit, bisection over k on the order
-it leaves (smallest passing prefix); then a pruning pass that drops every site the rest does not need.
+it leaves (smallest passing prefix); then a pruning pass that drops every site the rest does not need (a
+large set first in halving chunks, so sets of hundreds do not cost one evaluation per site).
 Evaluations are memoized per set and counted.
 """
 
@@ -27,6 +28,7 @@ from .sensitivity import INT16, Switchboard
 Predicate = Callable[[frozenset[int]], tuple[bool, float]]
 GREEDY_STEPS = 4  # one site at a time this far; beyond, bisection finds k in log2(n) evaluations
 RERANK_WINDOW = 8  # candidates re-measured when a step does not help
+CHUNKED_PRUNE_FROM = 16  # a larger set is pruned in halving chunks before site by site
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,17 @@ def search(ranking: Sequence[int], predicate: Predicate, budget: int | None = No
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if ev(order[:mid])[0] else (mid, hi)
             found = order[:hi]
-        for site in reversed(list(found)):  # prune: the least sensitive (last added) first
-            trial = [s for s in found if s != site]
-            if trial and ev(trial)[0]:
-                found = trial
+        found = list(found)
+        size = len(found) // 2 if len(found) > CHUNKED_PRUNE_FROM else 1
+        while size >= 1:  # prune: drop chunks, then single sites, the least sensitive (last added) first
+            end = len(found)
+            while end > 0:
+                start = max(0, end - size)
+                trial = found[:start] + found[end:]
+                if trial and ev(trial)[0]:
+                    found = trial
+                end = start
+            size //= 2
         return result(frozenset(found))
     except _OutOfBudget as exc:
         passing = [k for k in ev.order if ev.seen[k][0]]
@@ -131,6 +140,7 @@ class Verdict:
 
     passes: bool
     margin: float  # worst normalized margin over the gated layers: > 0 passes, < 0 fails
+    score: float  # what the search climbs: fewer failing layers first, then the margin (clipped to [-1, 1])
     first_diverging_layer: str | None
     outputs_cos: float | None
     outputs_rmse: float | None
@@ -176,7 +186,9 @@ class Gates:
                      for r in gated), default=1.0)
         outs = [r for r in comp.layers if r.summary is not None and r.layer.tensor in self.board.outputs]
         first = next((r for r in comp.layers if r.status == FAILED), None)
-        return Verdict(first is None, worst, first.layer.name if first else None,
+        failing = sum(r.status == FAILED for r in comp.layers)
+        return Verdict(first is None, worst, -failing + 0.5 * max(-1.0, min(1.0, worst)),
+                       first.layer.name if first else None,
                        min((r.summary["cos"] for r in outs), default=None),
                        max((r.summary["rmse"] for r in outs), default=None))
 
@@ -188,5 +200,5 @@ class Gates:
         def predicate(sites: frozenset[int]) -> tuple[bool, float]:
             v = self.judge(self.board.each(self.board.fixed_levels(sites, level)))
             self.verdicts[(sites, level)] = v
-            return v.passes, v.margin
+            return v.passes, v.score
         return predicate

@@ -285,13 +285,15 @@ class Mixed:
     search: dict
 
 
-def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float | None) -> Mixed:
+def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float | None,
+                    roots: tuple[str, ...] = (), levels: tuple[int, ...] = (INT16, FLOAT)) -> Mixed:
     """Rank every quantized site on the first ``samples`` evaluation samples and find a small set to raise.
 
     One switched session (sensitivity.py) over the float graph with fixed.onnx's own ranges: no
     re-quantization per candidate. Candidates are judged by the real gates (minimal.Gates: every compared
     layer and the outputs, per-layer thresholds, known_bad xfails); 16-bit first, float when even every site
-    at 16 bits fails. Graph inputs have no node to set a precision on and are not candidates.
+    at 16 bits fails (``levels``). Graph inputs have no node to set a precision on and are not candidates.
+    Sites that write the diagnosis' ``roots`` (layers whose own error breaks) are measured first.
     """
     t0 = time.perf_counter()
     art = trial.art
@@ -307,7 +309,10 @@ def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float |
     few = len(settable) <= FULL_SENSITIVITY_SITES
     # Many sites: order them by their own quantization error (free), measure the worst MEASURED_SITES alone.
     local = local_errors(float_full, fixed_full, board)
-    pre = sorted(settable, key=lambda i: -local[i])
+    root_nodes = set(roots)
+    root_tensors = {lay.tensor for lay in layers if lay.name in root_nodes}
+    pre = sorted(settable, key=lambda i: (board.sites[i].node not in root_nodes
+                                          and board.sites[i].tensor not in root_tensors, -local[i]))
     chosen_first = pre if few else pre[:MEASURED_SITES]
     ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline, both_ways=few, only=chosen_first)
     if measured < len(chosen_first):
@@ -320,7 +325,7 @@ def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float |
          "metric": "local rmse", "score": local[i], "alone": None, "left_float": None, "raised": None,
          "local_error": local[i]} for i in rest]
     found, level = None, INT16
-    for level in (INT16, FLOAT):
+    for level in levels:
         found = minimal_search(candidates, gates.predicate(level), deadline=deadline)
         if found.cut:
             cut.append(f"remedy time spent: set search stopped ({found.cut})")
@@ -547,12 +552,26 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     why += explain(stats)
     remedy, tried, mixed, cut = None, [], None, []
     if attempts > 0:
-        mixed = mixed_precision(trial, layers, samples, deadline)
+        roots = tuple(r.layer for r in d.roots)
+        mixed = mixed_precision(trial, layers, samples, deadline, roots)
         cut += mixed.search["cut"]
         if mixed.patch is not None:
             a = trial.run(mixed.label, mixed.patch)
             tried.append(a)
             mixed.search["verified"] = a.passes
+            if not a.passes and mixed.search["level"] == "int16" and len(tried) < attempts and (
+                    deadline is None or time.monotonic() < deadline):
+                # The int16 set passed on the ranking samples only: a set left in float is the next candidate.
+                in_float = mixed_precision(trial, layers, samples, deadline, roots, (FLOAT,))
+                cut += in_float.search["cut"]
+                if in_float.patch is not None:
+                    b = trial.run(in_float.label, in_float.patch)
+                    tried.append(b)
+                    in_float.search["verified"] = b.passes
+                    mixed = Mixed(mixed.sensitivity, in_float.patch, in_float.label,
+                                  {**in_float.search, "first": {k: mixed.search[k] for k in
+                                                                ("level", "chosen", "evaluations", "verified")}})
+                    a = b
             q = trial.mspec.quantization
             # A whole-model int8 setting is cheaper than any 16-bit set when it passes: worth one conversion
             # when the set raises weights (what per-channel scales address).
