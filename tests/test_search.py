@@ -64,3 +64,16 @@ def test_rerank_bisection_and_prune_on_a_known_predicate():
     assert result.sites == frozenset(need)
     # empty + all, 2 greedy steps of 1 + 3 re-ranked, bisection over k in 2..10, prune of the 8-site prefix
     assert result.evaluations <= 2 + 2 * (1 + 3) + 3 + 8
+
+
+def test_a_large_set_is_pruned_in_chunks():
+    """Three needed sites among 200, ranked where greedy cannot see them: bisection keeps a long prefix, and
+    the chunked prune removes it in far fewer evaluations than one per site."""
+    need = {150, 170, 190}
+
+    def pred(s):
+        return need <= s, float(len(need & s)) - 0.001 * len(s)
+
+    result = search(list(range(200)), pred, greedy_steps=1, window=2)
+    assert result.sites == frozenset(need)
+    assert result.evaluations < 100  # one evaluation per site of the 191-site prefix would be 191
