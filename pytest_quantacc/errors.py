@@ -13,16 +13,17 @@ from pathlib import Path
 class QuantaccInputError(Exception):
     """A problem with the user's spec, model or data, located by spec file and key path."""
 
-    def __init__(self, spec: Path | str, key: str, problem: str) -> None:
+    def __init__(self, spec: Path | str, key: str, problem: str, line: int | None = None) -> None:
         self.spec = str(spec)
         self.key = key
         self.problem = problem
+        self.line = line  # 1-based line of the key in the spec file, when the parser could tell
         super().__init__(self.message)
 
     @property
     def message(self) -> str:
         where = f"{self.spec}: {self.key}" if self.key else self.spec
-        return f"{where}: {self.problem}"
+        return f"{where}: {self.problem}" + (f" (line {self.line})" if self.line else "")
 
 
 def unexpected(spec: Path | str, key: str, exc: BaseException) -> QuantaccInputError:

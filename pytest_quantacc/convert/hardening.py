@@ -58,34 +58,11 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
-# Nodes only a quantized model has: ONNX Runtime's dynamic and static quantizers write these, and quantizing
-# again breaks in the quantizer (duplicate node names, missing scales) instead of saying what is wrong.
-_QUANTIZED_OPS = frozenset({"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QuantizeLinear",
-                            "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLSTM"})
-
-
-def quantized_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The nodes that show ``model`` is already quantized (QLinear* ops included)."""
-    return [n for n in model.graph.node if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear")]
-
-
-def check_not_quantized(mspec: ModelSpec, model: onnx.ModelProto) -> None:
-    """``model:`` must be the float model: refuse an already-quantized one, naming what was found."""
-    found = quantized_nodes(model)
-    if not found:
-        return
-    kinds: dict[str, list[str]] = {}
-    for n in found:
-        kinds.setdefault(n.op_type, []).append(n.name or "(unnamed)")
-    listed = "; ".join(f"{len(v)} {k} ({', '.join(v[:2])}{', ...' if len(v) > 2 else ''})" for k, v in kinds.items())
-    raise mspec.error("model", f"{mspec.model.name} is already quantized: it contains {listed}. model: takes the "
-                               f"float model the quantizer starts from; give the float model here, and to check a "
-                               f"quantized model you made yourself, give it with the quantized: key")
-
-
 def check_quantizable(mspec: ModelSpec, model: onnx.ModelProto, calibration: Samples, op_types: list[str]) -> None:
-    """Refuse, with the reason and the spec key, settings the quantizer would crash on or silently ignore."""
-    check_not_quantized(mspec, model)
+    """Refuse, with the reason and the spec key, settings the quantizer would crash on or silently ignore.
+
+    (An already-quantized model never gets here: convert/prepare.refuse_quantized stops it before ONNX Runtime
+    loads it.)"""
     q = mspec.quantization
     opset = default_opset(model)
     if q.per_channel and opset < PER_CHANNEL_OPSET:

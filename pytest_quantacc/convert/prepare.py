@@ -15,6 +15,7 @@ import onnx
 
 from ..files import save_model
 from ..graph.extdata import INLINE_BYTES, inline_small, intact, path_has_external_data, publish, side_files
+from ..graph.foreign import quantization_kind
 from ..graph.structure import input_infos, name_nodes
 from ..samples import InputInfo, Samples, load_samples
 from ..spec.model import ModelSpec
@@ -40,6 +41,20 @@ def load_onnx(mspec: ModelSpec, load_external_data: bool = True) -> onnx.ModelPr
         raise mspec.error("model", f"{mspec.model.name} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
+def refuse_quantized(mspec: ModelSpec, user: onnx.ModelProto) -> None:
+    """``model:`` must be the float model: quantizing a quantized model again would gate the wrong thing.
+
+    ONNX Runtime's quantizer skips what is already quantized (or fails deep inside), and every layer would then
+    compare a quantized model with itself requantized. The error says what was found and where such a model goes.
+    """
+    kind = quantization_kind(user)
+    if kind.kind == "float":
+        return
+    raise mspec.error("model", f"{mspec.model.name} is already quantized: {kind.describe()}. 'model' is the float "
+                               "model; to gate a model quantized by another tool, give the float model as 'model' "
+                               "and the quantized one as 'quantized: path/to/model.qdq.onnx'")
+
+
 def prepare_float(mspec: ModelSpec, base: Path) -> Path:
     """Write (or reuse) ``float.onnx``: the model after ONNX Runtime's basic float rewrites, nodes named."""
     workdir = workdir_for(base, mspec)
@@ -54,6 +69,7 @@ def prepare_float(mspec: ModelSpec, base: Path) -> Path:
         return _prepare_external(mspec, workdir, dest, key)
     ort = quiet_ort()
     user = load_onnx(mspec)
+    refuse_quantized(mspec, user)
     workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".opt.") as tmp:
         opts = ort.SessionOptions()
@@ -110,6 +126,7 @@ def _prepare_external(mspec: ModelSpec, workdir: Path, dest: Path, key: str) -> 
     """
     ort = quiet_ort()
     user = load_onnx(mspec, load_external_data=False)
+    refuse_quantized(mspec, user)
     if not intact(mspec.model):
         raise mspec.error("model", f"{mspec.model.name} refers to external data files that are missing or shorter "
                                    f"than its tensors need ({', '.join(side_files(user))}, looked up in "

@@ -12,6 +12,7 @@ keys, so an interrupted run never leaves a half-written artifact that a later ru
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -21,12 +22,14 @@ from dataclasses import asdict
 from pathlib import Path
 import onnx
 
+from ..errors import QuantaccInputError
 from ..files import save_model
 from ..graph.extdata import data_name, inline_small, intact, path_has_external_data, publish
 from ..graph.structure import consumers
 from ..samples import Samples
 from ..spec.model import ModelSpec, Quantization
 from .hardening import check_quantizable, explain_quantizer_failure, with_explanation
+from .ort_options import BY_NAME, validate_extra_options
 from .prepare import external_options, first_line, quiet_ort
 from .workdir import Artifacts, data_key, digest, read_manifest, write_manifest
 
@@ -34,10 +37,47 @@ from .workdir import Artifacts, data_key, digest, read_manifest, write_manifest
 
 
 
-_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16", "int4": "QInt4",
+                "uint4": "QUInt4"}
 
 
-_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
+
+
+# extra_options quantize_static hands to its calibrator, and the calibrator's names for them (quantize.py of
+# onnxruntime); ranges computed here (entropy, external data) must get them too.
+_CALIB_KEYS = {"CalibTensorRangeSymmetric": "symmetric", "CalibMovingAverage": "moving_average",
+               "CalibMovingAverageConstant": "averaging_constant",
+               "CalibMaxIntermediateOutputs": "max_intermediate_outputs", "CalibPercentile": "percentile"}
+
+
+def extra_options(mspec: ModelSpec) -> dict:
+    """``quantization.extra_options`` checked against ONNX Runtime's table, as ``quantize_static`` takes them.
+
+    Errors name the option (``models[i].quantization.extra_options.<Name>``). Options that our own keys set
+    (``overrides`` -> TensorQuantOverrides, ``percentile`` -> CalibPercentile) may not be given twice, and an
+    option that needs a package must find it installed.
+    """
+    q = mspec.quantization
+
+    def fail(message: str) -> QuantaccInputError:
+        name, _, problem = message.partition(": ")
+        return mspec.error(f"quantization.extra_options.{name}", problem)
+
+    options = validate_extra_options(q.extra_options(), fail)
+    owned = {"TensorQuantOverrides": ("overrides", bool(q.overrides)),
+             "CalibPercentile": ("percentile", q.method == "percentile")}
+    for name in options:
+        key, used = owned.get(name, ("", False))
+        if used:
+            raise fail(f"{name}: also set by quantization.{key}; give it in one place")
+        needs = BY_NAME[name].needs
+        if needs and options[name] and importlib.util.find_spec(needs) is None:
+            raise fail(f"{name}: needs the Python package {needs!r}, which is not installed")
+    if options.get("SmoothQuant") and (q.method == "entropy" or path_has_external_data(mspec.model)):
+        raise fail("SmoothQuant: not available with method entropy or a model with external data (their ranges "
+                   "are calibrated before quantize_static, on the model SmoothQuant has not transformed yet)")
+    return options
 
 
 class _Reader:
@@ -112,7 +152,7 @@ _ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 
 
 def _calibrate(float_model: Path, calibration: Samples, q: Quantization, op_types: list[str], tmp: Path,
-               external: bool = False):
+               external: bool = False, user: dict | None = None):
     """The calibration reader, or the ranges computed here and handed over as a cache.
 
     ``quantize_static`` gives the entropy calibrator ONNX Runtime's defaults of 128 histogram bins and 128
@@ -127,12 +167,14 @@ def _calibrate(float_model: Path, calibration: Samples, q: Quantization, op_type
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-    options = {"entropy": dict(_ENTROPY_BINS), "percentile": {"percentile": q.percentile}, "minmax": {}}
+    options = {"entropy": dict(_ENTROPY_BINS), "percentile": {"percentile": q.percentile}, "minmax": {},
+               "distribution": {}}
     if q.method != "entropy" and not external:
         return _Reader(calibration), {}
+    calib = {_CALIB_KEYS[k]: v for k, v in (user or {}).items() if k in _CALIB_KEYS}
     calibrator = create_calibrator(float_model, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=getattr(CalibrationMethod, _METHODS[q.method]),
-                                   extra_options=options[q.method], use_external_data_format=external)
+                                   extra_options={**calib, **options[q.method]}, use_external_data_format=external)
     calibrator.collect_data(_Reader(calibration))
     save_tensors_data(calibrator.compute_data(), tmp / "calibration.json")
     del calibrator  # its copy of the model and its session: gone before the quantizer loads its own
@@ -166,17 +208,20 @@ def quantize(mspec: ModelSpec, float_model: Path, calibration: Samples, base: Pa
     _check_names(mspec, model, q)
     op_types = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
     op_types = [t for t in op_types if t not in set(q.exclude_op_types)]
-    extra = {"TensorQuantOverrides": _tensor_overrides(model, q, QuantType)} if q.overrides else {}
+    user = extra_options(mspec)
+    extra = dict(user)
+    if q.overrides:
+        extra["TensorQuantOverrides"] = _tensor_overrides(model, q, QuantType)
     if q.method == "percentile":
         extra["CalibPercentile"] = q.percentile
     check_quantizable(mspec, model, calibration, op_types)
     with _captured_logging() as log, tempfile.TemporaryDirectory(dir=workdir, prefix=".q.") as tmp:
         out = Path(tmp) / "fixed.onnx"
         try:
-            reader, cache = _calibrate(float_model, calibration, q, op_types, Path(tmp), external)
+            reader, cache = _calibrate(float_model, calibration, q, op_types, Path(tmp), external, user)
             quantize_static(
                 str(float_model), str(out), reader,
-                quant_format=QuantFormat.QDQ,
+                quant_format=QuantFormat.QOperator if q.format == "qoperator" else QuantFormat.QDQ,
                 op_types_to_quantize=op_types,
                 per_channel=q.per_channel,
                 reduce_range=q.reduce_range,

@@ -19,11 +19,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..convert.prepare import model_inputs, prepare_float
 from ..errors import QuantaccInputError
-from ..graph.match import Layer, float_layers
+from ..graph.match import Layer, QParams, float_layers
 from ..graph.structure import prune
 from ..samples import Samples, load_samples
 from ..spec.dumps import Command, DumpSpec, read_qparams_file
@@ -109,6 +110,79 @@ def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
                        memory=passes.describe() if passes.count > 1 else None)
 
 
+def evaluate_board(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
+                   prepared=None):
+    """``dumps.offline``: the board (or an NPU simulator) as the offline mode.
+
+    The spec's conversion runs as always; its deployable model (``fixed.onnx`` with every ONNX Runtime
+    optimization, the "PC offline" model) is what the board must reproduce. Two checks, from the dumps of every
+    layer the board wrote: float vs board layer by layer (the same metrics, thresholds and diagnosis as float vs
+    fixed), and PC offline vs board in quantization steps: each dumped tensor is expressed in the steps of the
+    PC model's QuantizeLinear for that tensor and compared with the PC model's integers (mismatch rate beyond
+    ``offline.tolerance_steps``, the first tensor beyond the gate), the same gate as fixed vs offline.
+    """
+    from ..convert.prepare import prepare
+    from ..convert.quantize import quantize
+    from ..graph.match import match_layers
+    from .judge import finish
+    from .metrics import AgreementAccumulator, accumulate
+    from .results import AgreementResult, ModelResult
+
+    seconds: dict[str, float] = {}
+    command = None
+    try:
+        t0 = time.perf_counter()
+        prepared = prepared or prepare(mspec, base)
+        evals = prepared.evaluation
+        art = quantize(mspec, prepared.float_model, prepared.calibration, base)
+        dspec = mspec.dumps[0]
+        float_model = onnx.load(str(art.float_model), load_external_data=False)
+        layers = [lay for lay in match_layers(float_model, onnx.load(str(art.fixed_model), load_external_data=False))
+                  if lay.quant_tensor and lay.qparams is not None]
+        by_tensor = {lay.tensor: lay for lay in layers}
+        pc = Runner(art.fixed_model, [lay.quant_tensor for lay in layers], optimize=True, threads=threads)
+        agree = {lay.tensor: AgreementAccumulator(lay.tensor, mspec.offline.tolerance_steps) for lay in layers}
+
+        def against_pc(i: int, sample, dumped) -> None:
+            ints = pc.run(sample)
+            for t, board in dumped.items():
+                lay = by_tensor.get(t)
+                q = ints.get(lay.quant_tensor) if lay is not None else None
+                if q is not None and q.shape == board.shape:
+                    agree[t].add(in_steps(board, lay.qparams), q)
+
+        scratch = (tempfile.TemporaryDirectory(dir=art.workdir, prefix=".command-offline.")
+                   if dspec.command is not None else contextlib.nullcontext(None))
+        with scratch as run_dir:
+            folder = dspec.path
+            if run_dir is not None:
+                folder, command = _produce(mspec, dspec, art.float_model, evals, Path(run_dir))
+            seconds["convert"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            comparison, compared, passes = _compare_dumps(mspec, dspec, folder, art.float_model, evals, threads,
+                                                          memory_budget, accumulate, finish, against_pc)
+            seconds["simulate"] = time.perf_counter() - t0
+    except QuantaccInputError as exc:
+        return ModelResult(mspec, error=exc, seconds=seconds, command=command)
+    agreement = AgreementResult(tuple(a.result() for a in agree.values() if a.elements),
+                                mspec.offline.tolerance_steps, mspec.offline.max_mismatch_rate, "offline", "board")
+    return ModelResult(mspec, art, (comparison,), agreement, quantized_layers=compared, samples=len(evals),
+                       seconds=seconds, command=command, passes=passes.count,
+                       memory=passes.describe() if passes.count > 1 else None)
+
+
+def in_steps(values: np.ndarray, qp: QParams) -> np.ndarray:
+    """Dequantized values back in the quantization steps of ``qp`` (round to nearest, clipped to its type)."""
+    scale = np.asarray(qp.scale, np.float64)
+    zp = np.asarray(qp.zero_point, np.float64)
+    if scale.size > 1 and qp.axis is not None:
+        shape = [1] * values.ndim
+        shape[qp.axis] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    info = np.iinfo(np.dtype(qp.dtype))
+    return np.clip(np.rint(values.astype(np.float64) / scale) + zp, info.min, info.max).astype(np.int64)
+
+
 def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples,
              run_dir: Path) -> tuple[Path, CommandRun]:
     """Write the inputs, run the command into an empty folder, check it wrote something."""
@@ -127,7 +201,8 @@ def _produce(mspec: ModelSpec, dspec: DumpSpec, float_path: Path, evals: Samples
 
 
 def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: Path, evals: Samples, threads: int,
-                   memory_budget: int | None, compare, finish):
+                   memory_budget: int | None, compare, finish, also=None):
+    """Float vs dumps per layer; ``also(index, sample, dumped)`` sees every sample's dumps of each pass too."""
     float_model = onnx.load(str(float_path), load_external_data=False)
     layers = [Layer(n, op, t, i) for i, (n, op, t) in enumerate(float_layers(float_model))]
     node_outputs = {n.name: n.output[0] for n in float_model.graph.node if len(n.output) == 1}
@@ -152,6 +227,8 @@ def _compare_dumps(mspec: ModelSpec, dspec: DumpSpec, folder: Path, float_path: 
             for t in chunk:
                 if t in dumped:
                     compare(accs, skips, t, f.get(t), dumped[t])
+            if also is not None:
+                also(i, sample, dumped)
         del float_run
     if not seen:
         names = sorted(reader.unmatched)[:8]

@@ -7,10 +7,14 @@ layer's own error (its quantized computation fed float inputs).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+
+import numpy as np
 import onnx
 
 from ..convert.workdir import Artifacts
+from ..graph.foreign import ForeignLayers
 from ..graph.match import Layer, match_layers
 from ..graph.parts import PartPlan, part_plans
 from ..graph.structure import prune
@@ -48,13 +52,17 @@ def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Sample
 
 
 def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
-              memory_budget: int | None = None) -> ModelResult:
+              memory_budget: int | None = None, foreign: ForeignLayers | None = None,
+              modes: set[str] | None = None) -> ModelResult:
+    """Run and compare the modes. ``foreign``: the layers of a user's own QDQ model (``quantized:``) instead of
+    our conversion's; ``modes``: the modes to run when they differ from the spec's (a QOperator model has no
+    fixed mode)."""
     float_model = onnx.load(str(art.float_model), load_external_data=False)
     fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
-    layers = match_layers(float_model, fixed_model)
+    layers = list(foreign.layers) if foreign is not None else match_layers(float_model, fixed_model)
     outputs = [o.name for o in float_model.graph.output]
     out_ops = {t: (n.name, n.op_type) for n in float_model.graph.node for t in n.output}
-    modes = set(mspec.modes)
+    modes = set(mspec.modes) if modes is None else modes
     overlap = threads != 1
     budget = memory_budget if memory_budget is not None else default_budget()
     passes = plan_passes(float_model, layers, evals, modes, budget, 2 if overlap else 1)
@@ -85,8 +93,10 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
             f, fx, off, deployed = results
             if f and fx:
                 for lay in compared:
-                    accumulate(fx_acc, fx_skip, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor),
-                               fx_parts, plans.get(lay.tensor, ()))
+                    # parts are cut in the float layout: none for a tensor a foreign model holds transposed
+                    accumulate(fx_acc, fx_skip, lay.tensor, oriented(f.get(lay.tensor), lay),
+                               fx.get(lay.fixed_tensor), fx_parts,
+                               plans.get(lay.tensor, ()) if lay.perm is None else ())
             if f and deployed:
                 for name in outs:
                     accumulate(off_acc, off_skip, name, f.get(name), deployed.get(name), off_parts,
@@ -107,7 +117,8 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         if main.first_diverging is not None or mspec.gate.layers == "own":
             # Only a failing model pays for the second pass that separates own from inherited error, unless
             # the gate judges every layer on its own error.
-            main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans)
+            main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans,
+                                   foreign.float_of if foreign is not None else None)
             main = apply_inheritance(float_model, judge_comparison(main, mspec, out_set))
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:
@@ -157,12 +168,32 @@ def _pass_runners(art: Artifacts, float_model: onnx.ModelProto, fixed_model: onn
     return float_run, fixed_run, offline_run, deployed_run
 
 
+def laid_out(value, perm: tuple[int, ...] | None):
+    """A float value laid out as a foreign QDQ model holds it (transposed by ``perm``; None: as it is)."""
+    return value if value is None or perm is None else np.transpose(value, perm)
+
+
+def oriented(value, layer: Layer):
+    """The float value of ``layer`` laid out as the fixed model holds it."""
+    return laid_out(value, layer.perm)
+
+
 def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.ModelProto, layers: list[Layer],
                     evals: Samples, passes: Plan, threads: int,
-                    plans: dict[str, tuple[PartPlan, ...]]) -> Comparison:
+                    plans: dict[str, tuple[PartPlan, ...]],
+                    float_of: Mapping[str, tuple[str, tuple[int, ...] | None]] | None = None) -> Comparison:
     """Second pass: each quantized layer's own error, whole and per part, from the fixed model rewired to read
-    float values."""
+    float values.
+
+    ``float_of`` (a foreign QDQ model) names the float tensor (and its layout) behind each QDQ-model tensor a
+    QuantizeLinear reads; where one has none, the model cannot be isolated and the comparison stays without
+    own error.
+    """
     model, feeds, own_names = isolate(onnx.load(str(art.fixed_model), load_external_data=False))
+    perms: dict[str, tuple[int, ...] | None] = {}
+    if float_of is not None:
+        perms = {fed: float_of[t][1] for fed, t in feeds.items() if t in float_of}
+        feeds = {fed: float_of[t][0] if t in float_of else t for fed, t in feeds.items()}
     targets = {lay.tensor: lay for lay in layers if lay.skip is None and lay.quant_tensor in own_names}
     known = {t for n in float_model.graph.node for t in n.output} | {i.name for i in float_model.graph.input}
     if not targets or not set(feeds.values()) <= known:
@@ -181,16 +212,17 @@ def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.Mo
         float_run = Runner(prune(float_model, [lay.tensor for lay in todo] + list(fed.values())), [], optimize=False,
                            threads=threads, data_dir=art.workdir)
 
-        def run(sample, own_run=own_run, float_run=float_run, fed=fed):
+        def run(sample, own_run=own_run, float_run=float_run, fed=fed, perms=perms):
             f = float_run.run(sample)
-            return f, own_run.run({**sample, **{name: f[tensor] for name, tensor in fed.items()}})
+            return f, own_run.run({**sample, **{name: laid_out(f[tensor], perms.get(name))
+                                               for name, tensor in fed.items()}})
 
         def reduce(outputs, todo=todo) -> None:
             f, o = outputs
             for lay in todo:
-                a, b = f[lay.tensor], o[own_names[lay.quant_tensor]]
+                a, b = oriented(f[lay.tensor], lay), o[own_names[lay.quant_tensor]]
                 accs[lay.tensor].add(tensor_metrics(a, b))
-                if lay.tensor in plans:
+                if lay.tensor in plans and lay.perm is None:
                     add_parts(own_parts, lay.tensor, plans[lay.tensor], a, b)
 
         pipelined(evals, run, reduce, overlap=overlap)

@@ -110,6 +110,8 @@ class AgreementResult:
     tensors: tuple[Agreement, ...]
     tolerance_steps: int
     max_mismatch_rate: float
+    reference: str = "fixed"  # "offline" with dumps.offline: the PC's deployable model against...
+    target: str = "offline"  # ..."board", the dumped values in the same quantization steps
 
     @property
     def worst(self) -> Agreement | None:
@@ -127,6 +129,19 @@ class AgreementResult:
 
 
 @dataclass(frozen=True)
+class ForeignModel:
+    """The user's own quantized model (``quantized:``): what it holds, and what of it could not be compared.
+
+    ``unmatched`` lists every QDQ tensor with no float counterpart, with the reason (a gate that silently skipped
+    tensors it cannot place would pass for the wrong reason).
+    """
+
+    path: Path
+    kind: str  # QuantizationKind.describe()
+    unmatched: tuple[tuple[str, str], ...] = ()  # (QDQ tensor, reason)
+
+
+@dataclass(frozen=True)
 class ModelResult:
     spec: ModelSpec
     artifacts: Artifacts | None = None
@@ -140,6 +155,9 @@ class ModelResult:
     pipeline: PipelineResult | None = None  # mode original's check
     passes: int = 1  # passes over the graph the memory budget required (chunking.py)
     memory: str | None = None  # why there was more than one pass
+    foreign: ForeignModel | None = None  # set when the spec gives ``quantized:``
+    # Why only the model outputs are compared (a QOperator model: its integer kernels expose no fake-quant tensors)
+    outputs_only: str | None = None
 
     def comparison(self, reference: str, target: str) -> Comparison | None:
         return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)

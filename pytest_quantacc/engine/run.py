@@ -10,12 +10,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
+
+from ..convert.adopt import adopt
 from ..convert.prepare import PreparedModel, prepare
 from ..convert.quantize import quantize
 from ..errors import QuantaccInputError
+from ..convert.workdir import Artifacts
+from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign, quantization_kind
+from ..samples import Samples
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
-from .results import ModelResult
+from .results import ForeignModel, ModelResult
 
 
 
@@ -28,10 +34,16 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
     ``prepared``: the model's float reference and samples when the caller already has them (the cache does).
     """
+    if mspec.dumps and mspec.dumps[0].mode == "offline":
+        from .dump_backend import evaluate_board
+
+        return evaluate_board(mspec, base, threads, memory_budget, prepared)
     if mspec.dumps:
         from .dump_backend import evaluate_dumps
 
         return evaluate_dumps(mspec, base, threads, memory_budget)
+    if mspec.quantized is not None:
+        return evaluate_foreign(mspec, base, threads, memory_budget, prepared)
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
@@ -42,7 +54,10 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    if mspec.quantization.format == "qoperator":
+        result = outputs_only(mspec, artifacts, evals, threads, memory_budget, FORMAT_QOPERATOR)
+    else:
+        result = simulate(mspec, artifacts, evals, threads, memory_budget)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline_check import check_pipeline
@@ -52,6 +67,60 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
         except QuantaccInputError as exc:
             return ModelResult(mspec, artifacts, error=exc, seconds=seconds)
     return replace(result, seconds=seconds)
+
+
+QOPERATOR_OUTPUTS_ONLY = ("a QOperator model computes with fused integer kernels (QLinearConv, ...) that expose no "
+                          "fake-quant tensors to compare layer by layer: only its outputs are compared with the float "
+                          "model's (float vs offline); give a QDQ model for the layer-by-layer gate")
+FORMAT_QOPERATOR = ("quantization.format is qoperator: ONNX Runtime wrote fused integer kernels (QLinearConv, ...) "
+                    "that expose no fake-quant tensors, so only the outputs are compared (float vs offline); use "
+                    "format: qdq for the layer-by-layer gate")
+
+
+def outputs_only(mspec: ModelSpec, artifacts: Artifacts, evals: Samples, threads: int, memory_budget: int | None,
+                 why: str) -> ModelResult:
+    """A QOperator model: float vs offline on the model outputs; ``quantized_layers`` counts its integer kernels."""
+    kind = quantization_kind(onnx.load(str(artifacts.fixed_model), load_external_data=False))
+    result = simulate(mspec, artifacts, evals, threads, memory_budget, ForeignLayers((), {}), {"float", "offline"})
+    kernels = sum(n for op, n in kind.ops if op not in ("QuantizeLinear", "DequantizeLinear"))
+    return replace(result, outputs_only=why, quantized_layers=kernels)
+
+
+def evaluate_foreign(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
+                     prepared: PreparedModel | None = None) -> ModelResult:
+    """The user's own quantized model (``quantized:``) in place of our conversion, compared the same way.
+
+    The float model is prepared as always; the QDQ model's tensors are paired with it by structure
+    (graph/foreign.py, the first evaluation sample deciding where structure cannot) and the pairs become the
+    layers the ONNX Runtime backend compares. A QOperator model is compared on its outputs only.
+    """
+    seconds: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        prepared = prepared or prepare(mspec, base)
+        evals = prepared.evaluation
+        artifacts, kind = adopt(mspec, prepared.float_model)
+        seconds["convert"] = time.perf_counter() - t0
+    except QuantaccInputError as exc:
+        return ModelResult(mspec, error=exc, seconds=seconds)
+    t0 = time.perf_counter()
+    if kind.kind == "qoperator":
+        if not {"float", "offline"} <= set(mspec.modes):
+            return ModelResult(mspec, artifacts, error=mspec.error("modes", f"{mspec.quantized.name} is a "
+                               f"{kind.describe()}: it is compared on its outputs, float vs offline; list both modes"),
+                               seconds=seconds)
+        result = outputs_only(mspec, artifacts, evals, threads, memory_budget, QOPERATOR_OUTPUTS_ONLY)
+        info = ForeignModel(mspec.quantized, kind.describe())
+    else:
+        float_model = onnx.load(str(artifacts.float_model), load_external_data=False)
+        qdq_model = onnx.load(str(artifacts.fixed_model))
+        match = match_foreign(float_model, qdq_model, next(iter(evals), None))
+        result = simulate(mspec, artifacts, evals, threads, memory_budget,
+                          foreign_layers(float_model, qdq_model, match))
+        info = ForeignModel(mspec.quantized, kind.describe(),
+                            tuple((u.qdq_tensor, u.reason) for u in match.unmatched))
+    seconds["simulate"] = time.perf_counter() - t0
+    return replace(result, foreign=info, seconds=seconds)
 
 
 def evaluate(spec: Spec, base: Path, threads: int = 0, memory_budget: int | None = None) -> list[ModelResult]:

@@ -48,6 +48,7 @@ class Layer:
     qparams: QParams | None = None
     skip: str | None = None  # why this layer is not compared
     fused_into: str | None = None  # the activation node whose output this node writes in the fixed model
+    perm: tuple[int, ...] | None = None  # a foreign QDQ model holds the float tensor transposed by this
 
     @property
     def label(self) -> str:

@@ -7,7 +7,9 @@ wires pytest to the session state (:mod:`.session`) and the report modules.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
 import pytest
 
 from .keys import RUN_KEY
@@ -53,6 +55,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="convert and evaluate every model afresh: ignore and do not store cached results")
     group.addoption("--quantacc-clear-cache", action="store_true", default=False,
                     help="delete the cached conversions and results of every model before the run")
+    group.addoption("--quantacc-schema", action="store_true", default=False,
+                    help="print the JSON Schema of the spec format (for editors and pre-commit) and exit")
     group.addoption("--quantacc-baseline-update", action="store_true", default=False,
                     help="record each model's per-layer metrics as its baseline (<spec>.baseline.json); refused "
                          "when the CI environment variable is set")
@@ -71,14 +75,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--quantacc-schema`` prints the spec's JSON Schema and ends the run (exit 0).
+
+    On an xdist worker, ignore ``--cache-clear``: the controller already cleared the cache, and a worker
     starting late would otherwise delete the model folders another worker is writing."""
+    if config.getoption("quantacc_schema", False):
+        from importlib.resources import files
+
+        sys.stdout.write(files("pytest_quantacc.spec").joinpath("schema.json").read_text(encoding="utf-8"))
+        sys.stdout.flush()
+        return 0
     if hasattr(config, "workerinput") and config.getoption("quantacc", False):
         config.option.cacheclear = False
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from . import fixture
+
+    config.addinivalue_line("markers", f"{fixture.MARKER}: {fixture.MARKER_HELP}")
+    config.pluginmanager.register(fixture, "quantacc-fixture")  # the quantacc fixture, always available
     if config.getoption("quantacc"):
         from .session import QuantaccRun
 
@@ -111,6 +128,8 @@ class _ResultReceiver:
         data = getattr(report, "quantacc_payload", None)
         if data is not None:
             self.run.receive(data)
+        for data in getattr(report, "quantacc_payloads", ()):  # a test's quantacc.check() results
+            self.run.receive(data)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -128,6 +147,10 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         if key in run.evaluated and key not in run.sent:
             run.sent.add(key)
             report.quantacc_payload = payload(run.evaluated[key])
+    keys = [k for k in getattr(item, "quantacc_keys", ()) if k in run.evaluated and k not in run.sent]
+    if keys:
+        run.sent.update(keys)
+        report.quantacc_payloads = [payload(run.evaluated[k]) for k in keys]
     return report
 
 

@@ -104,7 +104,13 @@ class ModelNode(pytest.Collector):
                 if kb is not None:
                     item.add_marker(pytest.mark.xfail(reason=kb.reason, strict=kb.strict))
                 items.append(item)
-        if {"float", "offline"} <= modes:
+        board = any(d.mode == "offline" for d in m.dumps)
+        if {"float", "offline"} <= modes and board:  # the board dumps every layer: one item per float tensor
+            for _, _, tensor in float_layers(graph):
+                items.append(ModelItem.from_parent(self, name=f"float-vs-board[{tensor}]", mspec=m, kind="board",
+                                                   tensor=tensor))
+            items.append(ModelItem.from_parent(self, name="offline-vs-board", mspec=m, kind="agreement"))
+        elif {"float", "offline"} <= modes:
             for out in graph.graph.output:
                 items.append(ModelItem.from_parent(self, name=f"float-vs-offline[{out.name}]", mspec=m,
                                                    kind="output", tensor=out.name))
@@ -136,6 +142,8 @@ class ModelItem(pytest.Item):
             return
         if result.quantized_layers == 0:
             pytest.skip(f"nothing was quantized (see {self.mspec.name}::convert)")
+        if result.outputs_only is not None and self.kind in ("layer", "agreement"):
+            pytest.skip(result.outputs_only)
         if self.kind == "agreement":
             self._agreement(result)
             return
@@ -157,7 +165,7 @@ class ModelItem(pytest.Item):
         if r.inherited_from is not None:
             pytest.xfail(r.reason)
         if r.breaks:
-            render = layer_failure if self.kind == "layer" else outputs_failure
+            render = layer_failure if self.kind in ("layer", "board") else outputs_failure
             raise QuantaccFailure(render(result, comparison, r))
         self._against_baseline(reference, target, r)
 

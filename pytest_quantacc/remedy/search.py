@@ -551,7 +551,8 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                    f"and zero point): its precision is set on {where.producer}")
     why += explain(stats)
     remedy, tried, mixed, cut = None, [], None, []
-    if attempts > 0:
+    foreign = result.spec.quantized  # another tool's quantized model: nothing here can re-quantize it
+    if attempts > 0 and foreign is None:
         roots = tuple(r.layer for r in d.roots)
         mixed = mixed_precision(trial, layers, samples, deadline, roots)
         cut += mixed.search["cut"]
@@ -596,6 +597,12 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     passing = by_cost([a for a in tried if a.passes])
     remedy = passing[0] if passing else None
     todo = [_site_aware(t, where) for t in d.todo]
+    if foreign is not None:
+        # Remedies are verified by re-quantizing with patched settings; the settings here are another tool's.
+        todo = [f"remedy search: pytest-quantacc cannot re-quantize a model another tool quantized ({foreign.name}); "
+                "no remedy was tried. The hints below name our quantizer's settings: apply their counterpart in "
+                "your tool, or gate the float model with our conversion to have remedies verified",
+                *todo]
     # Without a passing remedy, the result of the best attempt still tells how far the usual knobs get.
     best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
     if remedy is not None:

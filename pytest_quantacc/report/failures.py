@@ -85,6 +85,8 @@ def outputs_failure(result: ModelResult, comparison: Comparison, r: LayerResult)
     s = r.summary
     lines = [f"{result.spec.name}: float vs offline (deployable integer model): output {r.layer.tensor}: {_breaks(r)}",
              f"  mean over {s.samples} samples; worst sample cos {fmt_num(s.worst['cos'])}, rmse {fmt_num(s.worst['rmse'])}"]
+    if result.outputs_only is not None:
+        lines.append(f"  outputs only: {result.outputs_only}")
     fx = result.comparison("float", "fixed")
     if fx is not None:
         lines.append("  the same output in the fixed (fake-quant) model: " + ", ".join(
@@ -104,13 +106,15 @@ def agreement_text(result: ModelResult) -> str:
     table = tabulate(rows, headers=["tensor", "max steps", f"> {a.tolerance_steps} steps"] + [f"{k}" for k in keys],
                      tablefmt="simple")
     worst, first = a.worst, a.first_failing
-    head = (f"{result.spec.name}: fixed vs offline: worst tensor {worst.tensor}: "
+    head = (f"{result.spec.name}: {a.reference} vs {a.target}: worst tensor {worst.tensor}: "
             f"{100 * worst.mismatch_rate:.2f}% of elements differ by more than {a.tolerance_steps} steps "
             f"(gate {100 * a.max_mismatch_rate:.2f}%), max {worst.max_steps} steps") if worst else "nothing compared"
     if first is not None and first is not worst:
         head += (f"\nfirst tensor beyond the gate (graph order; later tensors inherit its difference): "
                  f"{first.tensor}: {100 * first.mismatch_rate:.2f}%, max {first.max_steps} steps")
-    hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range)
+    # The hints name our conversion's settings: they say nothing about a model another tool quantized.
+    hints = offline_hints(worst.max_steps if worst else 0, q.activations, q.weights, q.reduce_range) \
+        if result.foreign is None and a.target != "board" else []
     effect = offline_effect(result.comparison("float", "fixed"), result.comparison("float", "offline"))
     if effect is not None:
         hints.append(effect)

@@ -251,7 +251,7 @@ def model_section(result: ModelResult, verdict: Status | None = None) -> str:
     a = result.agreement
     if a is not None and a.worst is not None:
         w = a.worst
-        out.append(f"<h3>fixed vs offline: {'passed' if a.passed else 'FAILED'}</h3><div class='meta'>worst "
+        out.append(f"<h3>{a.reference} vs {a.target}: {'passed' if a.passed else 'FAILED'}</h3><div class='meta'>worst "
                    f"{_e(w.tensor)}: {100 * w.mismatch_rate:.2f}% of elements beyond {a.tolerance_steps} steps, "
                    f"max {w.max_steps}</div>")
     return "\n".join(out)

@@ -80,13 +80,19 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
                            "outputs": [{"tensor": n, "cos": finite(s["cos"]), "rmse": finite(s["rmse"]),
                                         "worst_cos": finite(s.worst["cos"])} for n, s in p.outputs],
                            "suspects": [{"mistake": x.mistake, "cos": x.cos, "fits": x.fits} for x in p.suspects]}
+    if result.foreign is not None:
+        f = result.foreign
+        out["quantized"] = {"model": str(f.path), "kind": f.kind}
+        out["unmatched"] = [{"tensor": t, "reason": why} for t, why in f.unmatched]
+    if result.outputs_only is not None:
+        out["outputs_only"] = result.outputs_only
     comps = []
     for c in result.comparisons:
         comps.append({
             "reference": c.reference,
             "target": c.target,
             "first_diverging_layer": c.first_diverging.layer.name if c.first_diverging else None,
-            "layers": [layer_json(r) for r in c.layers],
+            "layers": [layer_json(r) | _foreign_tensor(result, r) for r in c.layers],
             **({"diagnosis": {"layer": c.diagnosis.layer, "kind": c.diagnosis.kind,
                               "roots": [finite_tree(x.as_json()) for x in c.diagnosis.roots],
                               "drops": [finite_tree(x.as_json()) for x in c.diagnosis.drops],
@@ -96,7 +102,7 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
     if result.agreement is not None:
         a = result.agreement
         comps.append({
-            "reference": "fixed", "target": "offline",
+            "reference": a.reference, "target": a.target,
             "first_diverging_layer": a.first_failing.tensor if a.first_failing else None,
             "tolerance_steps": a.tolerance_steps, "max_mismatch_rate": a.max_mismatch_rate,
             "status": PASSED if a.passed else FAILED,
@@ -106,6 +112,13 @@ def model_json(result: ModelResult, root: Path | None = None) -> dict:
         })
     out["comparisons"] = comps
     return out
+
+
+def _foreign_tensor(result: ModelResult, r: LayerResult) -> dict:
+    """Where a layer is in the user's own quantized model (``quantized:``): its tensor names are the tool's."""
+    if result.foreign is None or r.layer.fixed_tensor is None:
+        return {}
+    return {"qdq_tensor": r.layer.fixed_tensor, **({"perm": list(r.layer.perm)} if r.layer.perm else {})}
 
 
 def diagnosis_json(d) -> dict:

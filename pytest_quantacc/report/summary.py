@@ -24,6 +24,13 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
     lines = [f"{name}: {(status or result.status).upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
     if result.memory:
         lines.append(f"  memory: {result.memory}")
+    if result.foreign is not None:
+        f = result.foreign
+        lines.append(f"  quantized by another tool: {f.path.name}, {f.kind}"
+                     + (f"; {len(f.unmatched)} QDQ tensors unmatched" if f.unmatched else ""))
+        lines += [f"    unmatched {t}: {why}" for t, why in f.unmatched]
+    if result.outputs_only is not None:
+        lines.append(f"  outputs only: {result.outputs_only}")
     if result.pipeline is not None:
         p = result.pipeline
         fits = [x.mistake for x in p.suspects if x.fits]
@@ -59,7 +66,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
         first = result.agreement.first_failing
-        lines.append(f"  fixed vs offline: {'passed' if result.agreement.passed else 'FAILED'}; "
+        lines.append(f"  {result.agreement.reference} vs {result.agreement.target}: "
+                     f"{'passed' if result.agreement.passed else 'FAILED'}; "
                      + (f"first {first.tensor}; " if first is not None and first is not w else "")
                      + f"worst {w.tensor}: {100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} "
                        f"steps, max {w.max_steps}")

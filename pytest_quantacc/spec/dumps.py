@@ -19,7 +19,7 @@ FORMATS = ("npy", "npz")
 LAYOUTS = ("nchw", "nhwc")
 
 
-DUMP_MODES = ("fixed",)
+DUMP_MODES = ("fixed", "offline")  # offline: the board's (or NPU simulator's) dumps stand for the deployable model
 
 
 PLACEHOLDERS = ("python", "model", "float_model", "calibration", "inputs", "out", "spec_dir")
@@ -197,4 +197,6 @@ def parse_dumps(node) -> tuple[DumpSpec, ...]:
         ))
     if not specs:
         raise node.fail("name the mode whose tensors come from dumps, e.g. 'fixed'")
+    if len(specs) > 1:
+        raise node.fail("one mode comes from dumps at a time: fixed (a simulator) or offline (the board)")
     return tuple(specs)

@@ -6,6 +6,7 @@ Every later stage reads these; none of them reparses YAML. Imports neither onnx 
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +21,16 @@ from .preprocess import Preprocess
 SPEC_VERSION = 1
 
 
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = ("minmax", "entropy", "percentile", "distribution")
 
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 
 
-WEIGHT_TYPES = ("int8", "uint8", "int16", "uint16")
+WEIGHT_TYPES = ("int8", "uint8", "int16", "uint16", "int4", "uint4")  # 4-bit: ONNX Runtime >= 1.18
+
+
+FORMATS = ("qdq", "qoperator")  # ONNX Runtime's QuantFormat
 
 
 MODES = ("float", "fixed", "offline")
@@ -95,6 +99,13 @@ class Quantization:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()
+    format: str = "qdq"
+    # quantize_static's extra_options as canonical JSON (sorted keys): hashable, and covered by every cache key
+    extra_options_json: str = "{}"
+
+    def extra_options(self) -> dict:
+        """The ``extra_options`` mapping as the user wrote it (checked against ONNX Runtime's table at conversion)."""
+        return json.loads(self.extra_options_json)
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,8 @@ class ModelSpec:
     accuracy: AccuracyGate | None = None
     baseline: BaselineGate = field(default_factory=BaselineGate)
     gate: Gate = field(default_factory=Gate)
+    # A QDQ model another tool made from ``model``: compared as it is instead of our conversion (no calibration)
+    quantized: Path | None = None
 
     @property
     def key(self) -> str:

@@ -7,15 +7,18 @@ key path (``models[0].quantization.method``) so the user can go straight to the 
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import FORMATS, ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
 from .node import Node, kind_of
 from .preprocess import Preprocess, parse_preprocess
 
@@ -85,7 +88,7 @@ def _gate(node: Node) -> Gate:
 
 def _quantization(node: Node) -> Quantization:
     keys = ("method", "percentile", "per_channel", "reduce_range", "activations", "weights", "exclude_nodes",
-            "exclude_op_types", "overrides")
+            "exclude_op_types", "overrides", "format", "extra_options")
     m = node.mapping(keys)
     d = Quantization()
     overrides = []
@@ -110,27 +113,52 @@ def _quantization(node: Node) -> Quantization:
         exclude_nodes=m["exclude_nodes"].strings() if "exclude_nodes" in m else (),
         exclude_op_types=m["exclude_op_types"].strings() if "exclude_op_types" in m else (),
         overrides=tuple(overrides),
+        format=m["format"].choice(FORMATS) if "format" in m else d.format,
+        extra_options_json=_extra_options(m["extra_options"]) if "extra_options" in m else d.extra_options_json,
     )
 
 
-def _model(node: Node, index: int, spec: Path) -> ModelSpec:
+def _extra_options(node: Node) -> str:
+    """``extra_options`` as canonical JSON. Names and values are checked against ONNX Runtime's table when the
+    model is converted (convert/ort_options.py needs onnxruntime's types, which the spec layer does not import)."""
+    if not isinstance(node.value, Mapping) or not all(isinstance(k, str) for k in node.value):
+        raise node.fail(f"expected a mapping of ONNX Runtime quantize_static extra_options (name: value), "
+                        f"got {kind_of(node.value)}")
+    try:
+        return json.dumps(node.value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise node.fail(f"values must be numbers, strings, booleans, lists or mappings ({exc})") from None
+
+
+def _model(node: Node, index: int, spec: Path, own: Mapping | None = None) -> ModelSpec:
+    """One model entry (``node``: merged with the defaults; ``own``: the entry as written, when it differs)."""
     keys = ("name", "model", "calibration", "evaluation", "quantization", "modes", "thresholds", "layers",
-            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "gate")
-    m = node.mapping(keys, required=("name", "model", "calibration"))
+            "known_bad", "offline", "dumps", "preprocess", "accuracy", "baseline", "gate", "quantized")
+    quantized = isinstance(node.value, Mapping) and "quantized" in node.value
+    m = node.mapping(keys, required=("name", "model") + (("evaluation",) if quantized else ("calibration",)))
     name = m["name"].string()
     if any(c in name for c in "[]/:") or name.strip() != name:
         raise m["name"].fail(f"{name!r} may not contain '[', ']', '/', ':' or surrounding spaces (it is part of test ids)")
-    calibration = _data(m["calibration"])
+    if quantized:
+        _check_quantized(m, own if own is not None else node.value)
+    calibration = _data(m["calibration"]) if "calibration" in m else _data(m["evaluation"], ("labels", "output"))
     modes = MODES
     dumps = parse_dumps(m["dumps"]) if "dumps" in m else ()
     if dumps:
-        modes = ("float", "fixed")  # the dumps replace ONNX Runtime's quantized model
+        modes = ("float", dumps[0].mode)  # the dumps replace ONNX Runtime's model of that mode
+    qoperator = not quantized and _format(m) == "qoperator"
+    if qoperator:
+        modes = ("float", "offline")  # integer kernels only: nothing runs as fake-quant
     if "modes" in m:
         modes = tuple(n.choice(MODES + EXTRA_MODES) for n in m["modes"].sequence())
         if len(set(modes)) != len(modes) or len(modes) < 2:
             raise m["modes"].fail("list at least two different modes (a comparison needs two sides)")
     preprocess = parse_preprocess(m["preprocess"]) if "preprocess" in m else None
     _check_extensions(m, modes, dumps, preprocess)
+    if qoperator and ("fixed" in modes or dumps):
+        raise (m["dumps"] if dumps else m["modes"]).fail(
+            "with quantization.format: qoperator the modes are float and offline: a QOperator model has only "
+            "integer kernels, nothing to run as fake-quant (fixed) or to compare with dumps")
     thresholds = _thresholds(m["thresholds"], Thresholds()) if "thresholds" in m else Thresholds()
     rules = []
     if "layers" in m:
@@ -159,7 +187,7 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         model=m["model"].path(),
         calibration=calibration,
         evaluation=evaluation,
-        quantization=_quantization(m["quantization"]) if "quantization" in m else Quantization(),
+        quantization=_quantization(m["quantization"]) if "quantization" in m and not quantized else Quantization(),
         modes=modes,
         thresholds=thresholds,
         layers=tuple(rules),
@@ -170,16 +198,39 @@ def _model(node: Node, index: int, spec: Path) -> ModelSpec:
         accuracy=_accuracy(m["accuracy"], evaluation) if "accuracy" in m else None,
         baseline=_baseline(m["baseline"]) if "baseline" in m else BaselineGate(),
         gate=_gate(m["gate"]) if "gate" in m else Gate(),
+        quantized=m["quantized"].path() if quantized else None,
     )
+
+
+def _format(m: dict[str, Node]) -> str:
+    q = m.get("quantization")
+    if q is None or not isinstance(q.value, Mapping) or "format" not in q.value:
+        return "qdq"
+    return q.child("format").choice(FORMATS)
+
+
+def _check_quantized(m: dict[str, Node], own: Mapping) -> None:
+    """``quantized`` replaces our conversion: settings that drive the conversion (or another backend) cannot apply.
+
+    ``quantization`` inherited from ``defaults`` is ignored for such an entry; written in the entry itself it is an
+    error, as any setting that would silently do nothing.
+    """
+    if "quantization" in own:
+        raise m["quantization"].fail("'quantization' configures our conversion; with 'quantized' the model is "
+                                     "already quantized by your tool (remove one of the two)")
+    for key, why in (("dumps", "the dumps stand for the fixed model"),
+                     ("preprocess", "the quantized model was made without the folded preprocessing")):
+        if key in m:
+            raise m[key].fail(f"'{key}' cannot be combined with 'quantized' ({why})")
 
 
 def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[DumpSpec, ...],
                       preprocess: Preprocess | None) -> None:
     """Mode combinations the dump backend and the pipeline check can actually run."""
     where = m["modes"] if "modes" in m else m["name"]
-    if dumps and set(modes) - {"float", "fixed"}:
-        raise where.fail("with 'dumps', the modes are float and fixed (the dumps stand for fixed); "
-                         "offline and original run ONNX Runtime's own models")
+    if dumps and set(modes) - {"float", dumps[0].mode}:
+        raise where.fail(f"with 'dumps', the modes are float and {dumps[0].mode} (the dumps stand for "
+                         f"{dumps[0].mode}); the other modes run ONNX Runtime's own models")
     if dumps and preprocess is not None:
         raise m["preprocess"].fail("'preprocess' and 'dumps' cannot be combined (the dumps have their own input)")
     if "original" in modes:
@@ -191,8 +242,52 @@ def _check_extensions(m: dict[str, Node], modes: tuple[str, ...], dumps: tuple[D
 
 
 def load_spec(path: str | Path) -> Spec:
-    """Read and validate a spec file; raises ``QuantaccInputError`` naming the file and key on any problem."""
+    """Read and validate a spec file; raises ``QuantaccInputError`` naming the file, key and line on any problem."""
     path = Path(path)
+    try:
+        spec = _load_spec(path)
+    except QuantaccInputError as exc:
+        raise _located(exc, path) from None
+    return replace(spec, broken=tuple(replace(b, error=_located(b.error, path)) for b in spec.broken))
+
+
+_KEY_TOKEN = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _located(exc: QuantaccInputError, path: Path) -> QuantaccInputError:
+    """The error with the line of its key path in the spec file (the deepest part of the path that is there:
+    a key inherited from ``defaults`` points at its entry)."""
+    if exc.line is not None or exc.spec != str(path):
+        return exc
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return exc
+    tokens = [int(i) if i else k for i, k in _KEY_TOKEN.findall(exc.key)]
+    line = node.start_mark.line if node is not None else None
+    i = 0
+    while node is not None and i < len(tokens):
+        if isinstance(node, yaml.SequenceNode) and isinstance(tokens[i], int) and tokens[i] < len(node.value):
+            node, i = node.value[tokens[i]], i + 1
+        elif isinstance(node, yaml.MappingNode):
+            # a key may itself hold dots (extra.Sigmoid.nnapi): the longest run of tokens that is a key wins
+            keys = {k.value: (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode)}
+            run = next((j for j in range(len(tokens), i, -1)
+                        if ".".join(str(t) for t in tokens[i:j]) in keys), None)
+            if run is None:
+                break
+            key_node, node = keys[".".join(str(t) for t in tokens[i:run])]
+            line, i = key_node.start_mark.line, run
+            continue
+        else:
+            break
+        line = node.start_mark.line
+    if line is None:
+        return exc
+    return QuantaccInputError(exc.spec, exc.key, exc.problem, line + 1)
+
+
+def _load_spec(path: Path) -> Spec:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -227,7 +322,7 @@ def load_spec(path: str | Path) -> Spec:
                 raise Node(path, f"{entry.key}.name", name).fail(
                     f"duplicate model name {label!r} (also models[{seen[label]}])")
             seen[label] = i
-            models.append(_model(Node(path, entry.key, merged_value), i, path))
+            models.append(_model(Node(path, entry.key, merged_value), i, path, entry.value))
         except QuantaccInputError as exc:
             broken.append(BrokenModel(i, label if label not in seen or seen[label] == i else f"models[{i}]", exc))
     return Spec(path=path, models=tuple(models), broken=tuple(broken))

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..convert.prepare import PreparedModel, prepare, prepare_float
-from ..convert.workdir import data_key, digest, file_digest, hash_file, read_manifest, workdir_for
+from ..convert.workdir import (data_key, digest, file_digest, hash_file, model_key, read_manifest, remembered,
+                               workdir_for)
 from ..engine.accuracy import task_accuracy
 from ..engine.results import Evaluated, ModelResult
 from ..engine.run import evaluate_model
@@ -157,10 +158,21 @@ def results_key(mspec: ModelSpec, float_key: str, workdir: Path | None = None) -
              str(mspec.calibration.limit), json.dumps(asdict(mspec.quantization), sort_keys=True, default=str),
              data_key(e.path, workdir), str(e.limit),
              ",".join(mspec.modes), str(mspec.offline.tolerance_steps)]
+    if mspec.quantized is not None:  # the user's own quantized model replaces the conversion
+        parts += ["quantized", model_key(mspec.quantized, workdir)]
+    for d in mspec.dumps:  # the dumped tensors and how they are read (names, layout, dequantization)
+        parts += [repr(d), dumps_key(d.path, workdir) if d.path is not None else ""]
     if acc is not None:
         parts += [file_digest(e.labels), str(e.output), acc.metric,
                   file_digest(acc.module) if acc.module is not None else ""]
     return digest(*parts)
+
+
+def dumps_key(folder: Path, workdir: Path | None) -> str:
+    """Every file under a dump folder, by relative path and content (digests remembered like the data's)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with remembered(workdir) as known:
+        return digest(*[f"{p.relative_to(folder)}:{hash_file(p, known)}" for p in files])
 
 
 def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: bool = True,
@@ -178,7 +190,8 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
             return Evaluated(ModelResult(mspec, error=exc), cache="computed" if use_cache else "off")
         key = results_key(mspec, read_manifest(workdir).get("float", ""), workdir)
         # Mode original runs the user's preprocessing hook (code the key does not cover): never stored, always run.
-        stores = use_cache and "original" not in mspec.modes
+        # Neither are dumps a command writes (the tool's output may change with nothing in the spec changing).
+        stores = use_cache and "original" not in mspec.modes and not any(d.command for d in mspec.dumps)
         if stores:
             reused = _reuse(workdir, key, prepared)
             if reused is not None:

@@ -21,8 +21,8 @@ from ..convert.workdir import Artifacts
 from ..engine.diagnose import diagnose
 from ..engine.judge import apply_inheritance, inherit_outputs, judge_comparison
 from ..engine.metrics import Agreement, Summary
-from ..engine.results import (AccuracyResult, AgreementResult, Comparison, Diagnosis, Drop, LayerResult, ModelResult,
-                               Root)
+from ..engine.results import (AccuracyResult, AgreementResult, Comparison, Diagnosis, Drop, ForeignModel, LayerResult,
+                               ModelResult, Root)
 from ..engine.slices import PartMetrics, PartsSummary
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, QParams
@@ -59,7 +59,7 @@ def _layer(d: dict) -> Layer:
     qp = d.get("qparams")
     qparams = QParams(qp["dtype"], tuple(qp["scale"]), tuple(qp["zero_point"]), qp["axis"]) if qp else None
     return Layer(d["name"], d["op_type"], d["tensor"], d["position"], d["fixed_tensor"], d["quant_tensor"], qparams,
-                 d["skip"], d["fused_into"])
+                 d["skip"], d["fused_into"], tuple(d["perm"]) if d.get("perm") is not None else None)
 
 
 def _parts(items: list[dict]) -> tuple[PartsSummary, ...]:
@@ -125,11 +125,16 @@ def to_dict(result: ModelResult, accuracy: AccuracyResult | None = None) -> dict
         "granularity": result.spec.gate.granularity,  # channel parts are measured only when the gate asks
         "agreement": None if a is None else {"tensors": [asdict(t) for t in a.tensors],
                                              "tolerance_steps": a.tolerance_steps,
-                                             "max_mismatch_rate": a.max_mismatch_rate},
+                                             "max_mismatch_rate": a.max_mismatch_rate,
+                                             "reference": a.reference, "target": a.target},
         "error": None if err is None else {"spec": err.spec, "key": err.key, "problem": err.problem},
         "quantized_layers": result.quantized_layers, "samples": result.samples, "seconds": dict(result.seconds),
         "passes": result.passes, "memory": result.memory, "pipeline": _pipeline_dict(result.pipeline),
         "accuracy": None if accuracy is None else asdict(accuracy),
+        "foreign": None if result.foreign is None else {
+            "path": str(result.foreign.path), "kind": result.foreign.kind,
+            "unmatched": [list(u) for u in result.foreign.unmatched]},
+        "outputs_only": result.outputs_only,
     }
 
 
@@ -140,14 +145,22 @@ def from_dict(d: dict, mspec: ModelSpec) -> tuple[ModelResult, AccuracyResult | 
                           Path(art["offline_model"]), tuple(art["log"])) if art else None
     a = d["agreement"]
     agreement = AgreementResult(tuple(Agreement(**t) for t in a["tensors"]), a["tolerance_steps"],
-                                a["max_mismatch_rate"]) if a else None
+                                a["max_mismatch_rate"], a.get("reference", "fixed"),
+                                a.get("target", "offline")) if a else None
     err = d["error"]
     error = QuantaccInputError(err["spec"], err["key"], err["problem"]) if err else None
     result = ModelResult(mspec, artifacts, tuple(_comparison(c) for c in d["comparisons"]), agreement, error,
                          d["quantized_layers"], d["samples"], dict(d["seconds"]),
-                         passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")))
+                         passes=d.get("passes", 1), memory=d.get("memory"), pipeline=_pipeline(d.get("pipeline")),
+                         foreign=_foreign(d.get("foreign")), outputs_only=d.get("outputs_only"))
     acc = d.get("accuracy")
     return result, (AccuracyResult(**acc) if acc else None)
+
+
+def _foreign(d: dict | None) -> ForeignModel | None:
+    if d is None:
+        return None
+    return ForeignModel(Path(d["path"]), d["kind"], tuple(tuple(u) for u in d["unmatched"]))
 
 
 def _without_channels(c: Comparison) -> Comparison:
