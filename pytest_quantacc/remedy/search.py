@@ -39,7 +39,8 @@ from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares
 from .fixfile import patch_yaml
 from .minimal import Gates, search as minimal_search
 from .rootcause import Site, explain, gather, site
-from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, QuantSite, Switchboard, local_errors, rank
+from .sensitivity import (DEFAULT_SAMPLES, FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, local_errors,
+                          rank)
 
 
 
@@ -301,8 +302,14 @@ def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float |
     fixed_full = onnx.load(str(art.fixed_model))
     tensors = [lay.tensor for lay in layers if lay.skip is None]
     samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
-    board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
-                        tensors=tensors)
+    try:
+        board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
+                            tensors=tensors)
+    except NotSwitchable as exc:  # the whole-model attempts still run
+        return Mixed((), None, None, {"samples": len(samples_used), "sites": 0, "ranked": 0, "evaluations": 0,
+                                      "runs": 0, "inference_seconds": 0.0, "seconds": round(time.perf_counter() - t0, 3),
+                                      "level": "int16", "chosen": [], "found": False,
+                                      "cut": [f"no mixed-precision search: {exc}"], "curve": []})
     gates = Gates(board, layers, trial.mspec, float_full)
     cut: list[str] = []
     settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them

@@ -102,10 +102,17 @@ def _attr(node: onnx.NodeProto, name: str) -> int | None:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 
+class NotSwitchable(ValueError):
+    """fixed.onnx has a site the switchboard cannot re-create at 8 and 16 bits (4-bit, already 16-bit)."""
+
+
 def wide_params(scale: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """16-bit scale and zero point representing the same range as the 8-bit ``scale``/``zero_point``."""
-    qmin, qmax = _RANGES[helper.np_dtype_to_tensor_dtype(zero_point.dtype)]
-    wide = _WIDE[helper.np_dtype_to_tensor_dtype(zero_point.dtype)]
+    dtype = helper.np_dtype_to_tensor_dtype(zero_point.dtype)
+    if dtype not in _WIDE:
+        raise NotSwitchable(f"a {onnx.TensorProto.DataType.Name(dtype).lower()} site has no 8/16-bit switch")
+    qmin, qmax = _RANGES[dtype]
+    wide = _WIDE[dtype]
     wmin, wmax = _RANGES[wide]
     s = scale.astype(np.float64)
     lo, hi = (qmin - zero_point.astype(np.float64)) * s, (qmax - zero_point.astype(np.float64)) * s
