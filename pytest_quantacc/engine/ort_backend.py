@@ -24,6 +24,7 @@ from .diagnose import diagnose
 from .judge import apply_inheritance, finish, inherit_outputs, judge_comparison
 from .metrics import Accumulator, AgreementAccumulator, Parts, accumulate, add_parts, tensor_metrics
 from .passes import Plan, default_budget, plan, tensor_bytes
+from .progress import Progress, timed
 from .results import AgreementResult, Comparison, ModelResult
 from .runner import Runner, isolate, pipelined
 
@@ -53,10 +54,10 @@ def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Sample
 
 def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
               memory_budget: int | None = None, foreign: ForeignLayers | None = None,
-              modes: set[str] | None = None) -> ModelResult:
+              modes: set[str] | None = None, progress: Progress | None = None) -> ModelResult:
     """Run and compare the modes. ``foreign``: the layers of a user's own QDQ model (``quantized:``) instead of
     our conversion's; ``modes``: the modes to run when they differ from the spec's (a QOperator model has no
-    fixed mode)."""
+    fixed mode); ``progress``: told when the own-error pass starts and ends."""
     float_model = onnx.load(str(art.float_model), load_external_data=False)
     fixed_model = onnx.load(str(art.fixed_model), load_external_data=False)
     layers = list(foreign.layers) if foreign is not None else match_layers(float_model, fixed_model)
@@ -117,8 +118,9 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
         if main.first_diverging is not None or mspec.gate.layers == "own":
             # Only a failing model pays for the second pass that separates own from inherited error, unless
             # the gate judges every layer on its own error.
-            main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans,
-                                   foreign.float_of if foreign is not None else None)
+            with timed(progress, "own-error pass"):
+                main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans,
+                                       foreign.float_of if foreign is not None else None)
             main = apply_inheritance(float_model, judge_comparison(main, mspec, out_set))
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
     if "float" in modes and "offline" in modes:

@@ -21,6 +21,7 @@ from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign, quanti
 from ..samples import Samples
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
+from .progress import Progress, timed
 from .results import ForeignModel, ModelResult
 
 
@@ -28,11 +29,12 @@ from .results import ForeignModel, ModelResult
 
 
 def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,
-                   prepared: PreparedModel | None = None) -> ModelResult:
+                   prepared: PreparedModel | None = None, progress: Progress | None = None) -> ModelResult:
     """Convert, simulate and compare one spec model. Input problems come back in ``error``, not raised.
 
     ``memory_budget`` (bytes) bounds the compared tensors held at once; None: a quarter of the memory available.
     ``prepared``: the model's float reference and samples when the caller already has them (the cache does).
+    ``progress``: told when conversion, evaluation and the own-error pass start and end (:mod:`.progress`).
     """
     if mspec.dumps and mspec.dumps[0].mode == "offline":
         from .dump_backend import evaluate_board
@@ -47,17 +49,19 @@ def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget
     seconds: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        prepared = prepared or prepare(mspec, base)
-        calib, evals = prepared.calibration, prepared.evaluation
-        artifacts = quantize(mspec, prepared.float_model, calib, base)
+        with timed(progress, "converting"):
+            prepared = prepared or prepare(mspec, base)
+            calib, evals = prepared.calibration, prepared.evaluation
+            artifacts = quantize(mspec, prepared.float_model, calib, base)
         seconds["convert"] = time.perf_counter() - t0
     except QuantaccInputError as exc:
         return ModelResult(mspec, error=exc, seconds=seconds)
     t0 = time.perf_counter()
-    if mspec.quantization.format == "qoperator":
-        result = outputs_only(mspec, artifacts, evals, threads, memory_budget, FORMAT_QOPERATOR)
-    else:
-        result = simulate(mspec, artifacts, evals, threads, memory_budget)
+    with timed(progress, f"evaluating {len(evals)} samples"):
+        if mspec.quantization.format == "qoperator":
+            result = outputs_only(mspec, artifacts, evals, threads, memory_budget, FORMAT_QOPERATOR)
+        else:
+            result = simulate(mspec, artifacts, evals, threads, memory_budget, progress=progress)
     seconds["simulate"] = time.perf_counter() - t0
     if "original" in mspec.modes:
         from .pipeline_check import check_pipeline

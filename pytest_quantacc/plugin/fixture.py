@@ -175,13 +175,13 @@ def failure_text(ev) -> str:
             lay.status == "xpassed" and lay.known_bad is not None and lay.known_bad.strict)]
         if failing:
             first = failing[0]
-            text = render(r, c, first) if first.status == "failed" else (
+            text = render(r, c, first).render() if first.status == "failed" else (
                 f"{r.spec.name}: {c.reference} vs {c.target}: known_bad layer {first.layer.name} passes "
                 f"(strict: remove it from known_bad)")
             more = [lay.layer.name for lay in failing[1:]]
             texts.append(text + (f"\nalso failing in {c.reference} vs {c.target}: {', '.join(more)}" if more else ""))
     if r.agreement is not None and not r.agreement.passed:
-        texts.append(agreement_text(r))
+        texts.append(agreement_text(r).render())
     if ev.accuracy_error is not None:
         texts.append(ev.accuracy_error.message)
     elif ev.accuracy is not None and not ev.accuracy.passed:

@@ -14,10 +14,6 @@ import pytest
 
 from .keys import RUN_KEY
 
-
-
-
-
 _PATTERNS = ["quantacc*.yaml", "quantacc*.yml", "*.quantacc.yaml"]
 
 
@@ -72,6 +68,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="default for --quantacc-remedy-samples")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
+    parser.addini("quantacc_report", default="",
+                  help="default for --quantacc-report: where the JSON report is written")
+    parser.addini("quantacc_html", default="",
+                  help="default for --quantacc-html: where the self-contained HTML report is written")
+    parser.addini("quantacc_remedies", default="",
+                  help="default for --quantacc-remedies: remedy attempts for a failing model (0 turns them off)")
+
+
+# The spec items' part of the quantacc marker's description (registered once, with the fixture's part).
+SPEC_ITEMS_MARKER = ("Every item collected from a spec with --quantacc carries it too: -m quantacc / -m 'not quantacc' "
+                     "select or deselect the accuracy gates in a mixed suite.")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -94,7 +101,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 def pytest_configure(config: pytest.Config) -> None:
     from . import fixture
 
-    config.addinivalue_line("markers", f"{fixture.MARKER}: {fixture.MARKER_HELP}")
+    # One registration for both uses of the name (fixture.MARKER_HELP: the fixture's defaults).
+    config.addinivalue_line("markers", f"{fixture.MARKER}: {fixture.MARKER_HELP}. {SPEC_ITEMS_MARKER}")
     config.pluginmanager.register(fixture, "quantacc-fixture")  # the quantacc fixture, always available
     if config.getoption("quantacc"):
         from .session import QuantaccRun
@@ -124,25 +132,42 @@ class _ResultReceiver:
     def __init__(self, run) -> None:
         self.run = run
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, "quantacc_payload", None)
         if data is not None:
             self.run.receive(data)
         for data in getattr(report, "quantacc_payloads", ()):  # a test's quantacc.check() results
             self.run.receive(data)
+        headline = getattr(report, "quantacc_headline", None)
+        if headline is not None and isinstance(report.longrepr, str):
+            # Before the terminal and JUnit read it: --tb=line and JUnit's message get the one line again.
+            from .nodes import received_failure
+
+            report.longrepr = received_failure(report, headline)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call):
-    """On an xdist worker, attach the model's serialized result to its first report (the controller reports)."""
+    """Locate skips at the spec, keep the failure's headline, and on an xdist worker attach the model's
+    serialized result to its first report (the controller reports)."""
     report = yield
     run = item.config.stash.get(RUN_KEY, None)
-    if run is None or call.when != "call" or not hasattr(item.config, "workerinput"):
+    if run is None or call.when != "call":
         return report
-    from ..store.cache import payload
-    from .nodes import ModelItem
+    from .nodes import ModelItem, locate_skip
 
     if isinstance(item, ModelItem):
+        locate_skip(item, report)
+    if not hasattr(item.config, "workerinput"):
+        return report
+    from ..store.cache import payload
+
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if isinstance(item, ModelItem):
+        if report.failed and crash is not None:
+            # xdist sends a failure that is not a traceback as its text: the headline travels beside it.
+            report.quantacc_headline = crash.message
         key = (item.mspec.spec_path, item.mspec.name)
         if key in run.evaluated and key not in run.sent:
             run.sent.add(key)
@@ -187,6 +212,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     if run.baseline_update:
         for path in run.written_baselines:
             terminalreporter.write_line(f"baseline written: {path}")
+    if run.temporary:
+        terminalreporter.write_line(f"quantacc: the converted models in {run.base} are removed at the end of the "
+                                    f"session (no cache directory); pass --quantacc-workdir DIR to keep them")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this process's temporary work folder (runs without a cache directory): one per run otherwise
+    accumulates, several GB each for a large model."""
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None and run.temporary:
+        import shutil
+
+        shutil.rmtree(run.base, ignore_errors=True)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -202,9 +240,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             if ev.result.error is None:
                 by_spec.setdefault(ev.result.spec.spec_path, []).append(ev.result)
         run.written_baselines = [write(spec, results) for spec, results in by_spec.items()]
-    path = config.getoption("quantacc_report")
-    if not path:
+    from .session import output_path
+
+    path = output_path(config, "quantacc_report")
+    if path is None:
         return
     from ..report.jsonreport import write_report
 
-    write_report(config.invocation_params.dir / path, run, config.rootpath)
+    write_report(path, run, config.rootpath)

@@ -6,13 +6,15 @@ failure message and JUnit properties.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 import pytest
 
-from ..engine.results import BaselineCheck, Evaluated, LayerResult, ModelResult, REGRESSED, SKIPPED
+from ..engine.results import REGRESSED, SKIPPED, BaselineCheck, Evaluated, LayerResult, ModelResult
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, float_layers
-from ..report.failures import agreement_text, layer_failure, outputs_failure, regression_text
+from ..report.failures import FailureText, agreement_text, layer_failure, outputs_failure, regression_text
 from ..report.junit import junit_properties
 from ..spec.model import ModelSpec
 from ..spec.parse import load_spec
@@ -22,15 +24,78 @@ from .keys import RUN_KEY
 from .session import QuantaccRun
 
 
-
-
-
 class QuantaccFailure(Exception):
     """An assertion about quantization accuracy failed; its text is the whole report (no traceback)."""
 
+    def __init__(self, text: FailureText | str) -> None:
+        self.text = text if isinstance(text, FailureText) else FailureText.of(text)
+        super().__init__(self.text.render())
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The crash entry of a failure: what ``--tb=line``, ``-rf`` and JUnit's ``message`` attribute read."""
+
+    path: str
+    lineno: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True)
+class FailureRepr:
+    """A failure as pytest prints it: ``text`` in the session's ``--tb`` style under the item's header.
+
+    With ``--tb=line`` pytest prints the crash line and then the text, so the text is empty there.
+    """
+
+    text: str
+    reprcrash: Headline
+
+    def toterminal(self, tw) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text or str(self.reprcrash)
+
+
+def failure_repr(item: pytest.Item, text: FailureText) -> FailureRepr:
+    """``text`` in the session's ``--tb`` style, located at the item (its spec file)."""
+    style = item.config.getoption("tbstyle", "auto")
+    return FailureRepr("" if style == "line" else text.render(style), Headline(item.location[0], None, text.headline))
+
+
+def received_failure(report: pytest.TestReport, headline: str) -> FailureRepr:
+    """A failure an xdist worker sent as text, with its headline (the controller's terminal and JUnit read it)."""
+    text = report.longrepr if isinstance(report.longrepr, str) else str(report.longrepr)
+    crash = Headline(report.location[0], None, headline)
+    return FailureRepr("" if text == str(crash) else text, crash)
+
+
+def locate_skip(item: ModelItem, report: pytest.TestReport) -> None:
+    """Point a skip at the spec file and name the item, instead of the line of this module that skipped it.
+
+    pytest locates a skip where ``pytest.skip`` was called; for ``-rs`` and JUnit that is the plugin's
+    source, which tells the user nothing. The spec file and ``model::item`` are where to look.
+    """
+    if not report.skipped or hasattr(report, "wasxfail") or not isinstance(report.longrepr, tuple):
+        return
+    reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+    report.longrepr = (str(item.path), None, f"Skipped: {item.mspec.name}::{item.name}: {reason}")
+
 
 class SpecFile(pytest.File):
-    """A quantacc spec: one collector per model entry."""
+    """A quantacc spec: one collector per model entry.
+
+    It carries the ``quantacc`` marker, so every item under it does (``-m quantacc`` in a mixed suite).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_marker("quantacc")
 
     def collect(self):
         try:
@@ -57,7 +122,9 @@ class InputErrorItem(pytest.Item):
         raise QuantaccFailure(self.message)
 
     def repr_failure(self, excinfo, style=None):
-        return str(excinfo.value) if isinstance(excinfo.value, QuantaccFailure) else super().repr_failure(excinfo, style)
+        if isinstance(excinfo.value, QuantaccFailure):
+            return failure_repr(self, excinfo.value.text)
+        return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
         return self.path, None, self.name
@@ -98,8 +165,7 @@ class ModelNode(pytest.Collector):
             multi = {n for n, _, _ in layers if sum(1 for x, _, _ in layers if x == n) > 1}
             for node, op, tensor in layers:
                 label = Layer(node, op, tensor, 0).label + (f":{tensor}" if node in multi else "")
-                item = ModelItem.from_parent(self, name=f"float-vs-fixed[{label}]", mspec=m, kind="layer",
-                                             tensor=tensor)
+                item = self._bracketed(f"float-vs-fixed[{label}]", mspec=m, kind="layer", tensor=tensor)
                 kb = m.known_bad_for(node)
                 if kb is not None:
                     item.add_marker(pytest.mark.xfail(reason=kb.reason, strict=kb.strict))
@@ -112,8 +178,8 @@ class ModelNode(pytest.Collector):
             items.append(ModelItem.from_parent(self, name="offline-vs-board", mspec=m, kind="agreement"))
         elif {"float", "offline"} <= modes:
             for out in graph.graph.output:
-                items.append(ModelItem.from_parent(self, name=f"float-vs-offline[{out.name}]", mspec=m,
-                                                   kind="output", tensor=out.name))
+                items.append(self._bracketed(f"float-vs-offline[{out.name}]", mspec=m, kind="output",
+                                             tensor=out.name))
         if {"fixed", "offline"} <= modes:
             items.append(ModelItem.from_parent(self, name="fixed-vs-offline", mspec=m, kind="agreement"))
         if m.accuracy is not None:
@@ -121,6 +187,16 @@ class ModelNode(pytest.Collector):
         if not run.baseline_update and (m.baseline.required or baseline_path(m.spec_path).is_file()):
             items.append(ModelItem.from_parent(self, name="baseline", mspec=m, kind="baseline"))
         return items
+
+    def _bracketed(self, name: str, **kwargs) -> ModelItem:
+        """An item whose name carries a ``[...]`` part, with its node id given as a string.
+
+        pytest >= 9.2 keeps node ids structured: a child's id is its parent's plus the whole name, but ids read
+        back from ``.pytest_cache`` (``--lf``, ``--ff``, ``--sw``) are parsed, with the bracket split off as
+        parameters, so the two never compare equal (pytest-dev/pytest#15045). Passing the string makes pytest
+        parse the live id the same way; pytest 8 stores the string as is, the id it builds by default.
+        """
+        return ModelItem.from_parent(self, name=name, nodeid=f"{self.nodeid}::{name}", **kwargs)
 
 
 class ModelItem(pytest.Item):
@@ -241,7 +317,7 @@ class ModelItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, QuantaccFailure):
-            return str(excinfo.value)
+            return failure_repr(self, excinfo.value.text)
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):

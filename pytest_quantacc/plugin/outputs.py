@@ -15,10 +15,7 @@ from ..engine.judge import model_verdict
 from ..engine.results import ModelResult, Status
 from ..files import write_text
 from .keys import RUN_KEY
-
-
-
-
+from .session import output_path
 
 
 def _fixes(results: list[ModelResult]) -> dict[Path, dict[int, dict]]:
@@ -49,11 +46,10 @@ class DiagnosisOutputs:
             return
         judged = self._judged()
         results = [r for r, _ in judged]
-        html_path = self.config.getoption("quantacc_html")
-        if html_path and results:
+        dest = output_path(self.config, "quantacc_html")
+        if dest is not None and results:
             from ..report.html import page
 
-            dest = self.config.invocation_params.dir / html_path
             dest.parent.mkdir(parents=True, exist_ok=True)
             write_text(dest, page(results, verdicts=[v for _, v in judged]))
             self.written.append(f"HTML report: {dest}")
@@ -69,21 +65,40 @@ class DiagnosisOutputs:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call):
-        """With pytest-html installed, a failing layer item carries its model's section of the HTML report."""
+        """With ``--html`` (pytest-html), the model's section once per model and one row on other failures.
+
+        The section goes on the root-cause item (the first diverging layer) or, for a model without one, on
+        its convert item; every other failing or xfailed layer gets one table row. A copy of the section
+        per failing layer made a 300-layer model's pytest-html report 78 MB, and building the fragments when
+        no report was asked for took most of a warm run.
+        """
         outcome = yield
         report = outcome.get_result()
-        if call.when != "call" or not report.failed or getattr(item, "kind", None) != "layer" \
-                or not self.config.pluginmanager.hasplugin("html"):
+        kind = getattr(item, "kind", None)
+        if call.when != "call" or kind not in ("convert", "layer", "output") \
+                or not self.config.getoption("htmlpath", None):
             return
-        mspec = getattr(item, "mspec", None)
-        from .keys import RUN_KEY
-
         run = self.config.stash.get(RUN_KEY, None)
-        result = run.results.get((mspec.spec_path, mspec.name)) if run is not None and mspec is not None else None
+        mspec = item.mspec
+        result = run.results.get((mspec.spec_path, mspec.name)) if run is not None else None
         if result is None:
             return
         from pytest_html import extras
 
-        from ..report.html import fragment
+        from ..report.html import fragment, one_row
 
-        report.extras = [*getattr(report, "extras", []), extras.html(fragment(result))]
+        fx = result.comparison("float", "fixed")
+        first = fx.first_diverging if fx is not None else None
+        if (kind == "convert" and first is None) or (kind == "layer" and first is not None
+                                                     and first.layer.tensor == item.tensor):
+            verdict = model_verdict(run.evaluated[(mspec.spec_path, mspec.name)], run.baseline_check(mspec))
+            html = fragment(result, verdict)
+        elif kind != "convert" and (report.failed or hasattr(report, "wasxfail")):
+            comparison = fx if kind == "layer" else result.comparison("float", "offline")
+            r = comparison.get(item.tensor) if comparison is not None else None
+            if r is None:
+                return
+            html = one_row(r, comparison)
+        else:
+            return
+        report.extras = [*getattr(report, "extras", []), extras.html(html)]

@@ -12,10 +12,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
 import pytest
 
 from ..convert.workdir import workdir_for
 from ..engine.passes import default_budget, parse_size
+from ..engine.progress import Progress
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from ..errors import unexpected
 from ..remedy.search import DEFAULT_ATTEMPTS, deepen
@@ -25,11 +27,78 @@ from ..spec.parse import load_spec
 from ..store.baseline import check_baseline
 from ..store.cache import evaluate_cached, locked, restore
 
-
-
-
-
 _WRITTEN_SUFFIXES = (".fix.yaml",)
+
+
+def output_path(config: pytest.Config, name: str) -> Path | None:
+    """Where to write the report ``name`` (quantacc_report, quantacc_html): the option, relative to the current
+    folder, else the ini key, relative to the ini file's folder (as a committed setting means it)."""
+    option = config.getoption(name)
+    if option:
+        return config.invocation_params.dir / option
+    ini = config.getini(name)
+    if not ini:
+        return None
+    return (config.inipath.parent if config.inipath is not None else config.rootpath) / ini
+
+
+class ProgressLines:
+    """The engine's phases as lines of pytest's terminal output: ``model: converting ... 10.9 s``.
+
+    A phase's line is written when it starts and completed when it ends, so a long conversion or remedy shows
+    what is running. Written with output capturing suspended (the phases run inside an item's ``runtest``),
+    as pytest's own live logging does; plain lines, so logs of non-terminal runs read the same. The lines
+    interrupt the line of progress letters of the item that asked for the model; :meth:`done` writes that
+    line's prefix again (the spec file, or the item's location with ``-v``), so its letter lands after it.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.open: str | None = None  # the phase whose line waits for its duration
+        self.prefix: object = None  # the reporter's line prefix the first phase line interrupted
+        self.started = False
+
+    def _reporter(self):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        return (reporter, capture) if reporter is not None and capture is not None else (None, None)
+
+    def for_model(self, name: str) -> Progress:
+        def tell(label: str, seconds: float | None) -> None:
+            reporter, capture = self._reporter()
+            if reporter is None:
+                return
+            key = f"{name}: {label}"
+            with capture.global_and_fixture_disabled():
+                if seconds is not None and self.open == key:
+                    reporter.write(f" {seconds:.1f} s", flush=True)  # completes the open line
+                    self.open = None
+                    return
+                if not self.started:
+                    self.started, self.prefix = True, reporter.currentfspath
+                    reporter.ensure_newline()
+                else:
+                    reporter.write("\n")  # each line is ended by the next one, or by done()
+                reporter.write(f"{key} ..." + ("" if seconds is None else f" {seconds:.1f} s"), flush=True)
+                self.open = key if seconds is None else None
+        return tell
+
+    def done(self) -> None:
+        """End the last phase line and restore the interrupted line's prefix."""
+        if not self.started:
+            return
+        self.started, self.open = False, None
+        reporter, capture = self._reporter()
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled():
+            if isinstance(self.prefix, Path):
+                reporter.write_fspath_result(str(self.prefix.relative_to(self.config.rootpath)), "")
+            elif isinstance(self.prefix, str):
+                reporter.write_ensure_prefix(self.prefix)
+            else:
+                reporter.write("\n")
+            reporter.flush()
 
 
 @dataclass
@@ -53,6 +122,8 @@ class QuantaccRun:
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
     remedy_samples: int = DEFAULT_SAMPLES  # evaluation samples the remedy search ranks on
     remedy_time: float | None = None  # seconds the remedy search of one model may take (None: no bound)
+    progress: ProgressLines | None = None  # None: quiet (-q, xdist workers)
+    temporary: bool = False  # ``base`` is a temp folder of this process (no cache directory): removed at the end
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QuantaccRun:
@@ -62,10 +133,16 @@ class QuantaccRun:
         elif getattr(config, "cache", None) is not None:
             base = Path(config.cache.mkdir("quantacc"))
         else:
-            base = Path(tempfile.mkdtemp(prefix="quantacc-"))
+            base = Path(tempfile.mkdtemp(prefix="quantacc-"))  # removed at the end (hooks.pytest_unconfigure)
         here = config.invocation_params.dir
         explicit = frozenset((here / a.split("::")[0]).resolve() for a in config.args)
         remedies = config.getoption("quantacc_remedies", None)
+        if remedies is None and config.getini("quantacc_remedies"):
+            try:
+                remedies = int(config.getini("quantacc_remedies"))
+            except ValueError:
+                raise pytest.UsageError(f"quantacc_remedies: not a whole number: "
+                                        f"{config.getini('quantacc_remedies')!r}") from None
         budget = config.getoption("quantacc_memory_budget") or config.getini("quantacc_memory_budget") or None
         if budget is not None:
             try:
@@ -84,7 +161,10 @@ class QuantaccRun:
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
-                   memory_budget=budget, remedy_samples=remedy_samples, remedy_time=remedy_time)
+                   memory_budget=budget, remedy_samples=remedy_samples, remedy_time=remedy_time,
+                   progress=None if config.get_verbosity() < 0 or hasattr(config, "workerinput") else
+                   ProgressLines(config),
+                   temporary=not workdir and getattr(config, "cache", None) is None)
 
     def wants(self, path: Path) -> bool:
         """A YAML file named on the command line, or one under a given directory that matches the patterns."""
@@ -104,21 +184,24 @@ class QuantaccRun:
         """The model's result through the cache: computed once per session (and once across processes)."""
         key = (mspec.spec_path, mspec.name)
         if key not in self.evaluated:
+            progress = self.progress.for_model(mspec.name) if self.progress is not None else None
             try:
                 evaluated = evaluate_cached(mspec, self.base, self.threads, self.use_cache,
-                                            self.memory_budget)
+                                            self.memory_budget, progress)
                 # Diagnosis statistics and remedy search are not cached: they run only for failing models. They
                 # read the model folder and write attempts into it, so under its lock: another xdist worker may
                 # be rebuilding the folder (always, with --quantacc-no-cache).
                 with locked(workdir_for(self.base, mspec)):
                     evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                                self.memory_budget, evaluated.prepared,
+                                                                self.memory_budget, evaluated.prepared, progress,
                                                                 samples=self.remedy_samples,
                                                                 remedy_time=self.remedy_time,
                                                                 use_cache=self.use_cache))
             except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
                 # Remembered like a result: every item of the model reports it, none of them re-runs it.
                 evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))
+            if self.progress is not None:
+                self.progress.done()
             self.evaluated[key] = evaluated
             self.results[key] = evaluated.result
         return self.evaluated[key]

@@ -27,6 +27,7 @@ from ..engine.judge import finish
 from ..engine.metrics import Accumulator, Parts, accumulate
 from ..engine.ort_backend import plan_passes
 from ..engine.passes import default_budget
+from ..engine.progress import Progress, timed
 from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
@@ -208,10 +209,12 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
 
 def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[TensorStats, ...],
            budget: int, deadline: float | None = None,
-           cut: list[str] | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+           cut: list[str] | None = None,
+           progress: Progress | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
     """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt).
 
-    Past ``deadline`` (``time.monotonic()``) no further attempt starts; what was skipped goes into ``cut``."""
+    Past ``deadline`` (``time.monotonic()``) no further attempt starts; what was skipped goes into ``cut``.
+    ``progress`` is told when each attempt starts and ends."""
     q = trial.mspec.quantization
     tried: list[Attempt] = []
 
@@ -222,7 +225,8 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
             if cut is not None:
                 cut.append(f"remedy time spent: not tried: {label}")
             return None
-        a = trial.run(label, patch)
+        with timed(progress, f"remedy {len(tried) + 1}/{budget}: {label}"):
+            a = trial.run(label, patch)
         tried.append(a)
         return a
 
@@ -508,8 +512,9 @@ def _stored(result: ModelResult, key: str, base: Diagnosis) -> Diagnosis | None:
 
 
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
-           memory_budget: int | None = None, prepared: PreparedModel | None = None, samples: int = DEFAULT_SAMPLES,
-           remedy_time: float | None = None, use_cache: bool = True) -> ModelResult:
+           memory_budget: int | None = None, prepared: PreparedModel | None = None,
+           progress: Progress | None = None, samples: int = DEFAULT_SAMPLES, remedy_time: float | None = None,
+           use_cache: bool = True) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors. For a failing model (a layer fails, not xfails)
@@ -518,7 +523,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     are tried when that does not pass (at most ``attempts`` re-conversions in all; 0: no remedies). Passing
     remedies are ranked by measured deployment cost. ``remedy_time`` (seconds) bounds the search. With
     ``use_cache`` the output is stored in the model's work folder and reused while nothing it depends on
-    changed, so a warm re-run runs no inference.
+    changed, so a warm re-run runs no inference. ``progress`` is told when each phase starts and ends.
     """
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
@@ -527,7 +532,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     key = search_key(result, attempts, samples, remedy_time) if use_cache else None
     new = _stored(result, key, fixed.diagnosis) if key else None
     if new is None:
-        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time)
+        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time, progress)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
                        json.dumps({"key": key, "added": {k: v for k, v in asdict(new).items() if k in _ADDED}},
@@ -539,7 +544,8 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
 
 
 def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int, memory_budget: int | None,
-            prepared: PreparedModel | None, samples: int, remedy_time: float | None) -> Diagnosis | None:
+            prepared: PreparedModel | None, samples: int, remedy_time: float | None,
+            progress: Progress | None) -> Diagnosis | None:
     t_start = time.monotonic()
     deadline = None if remedy_time is None else t_start + remedy_time
     d: Diagnosis = fixed.diagnosis
@@ -561,19 +567,23 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     foreign = result.spec.quantized  # another tool's quantized model: nothing here can re-quantize it
     if attempts > 0 and foreign is None:
         roots = tuple(r.layer for r in d.roots)
-        mixed = mixed_precision(trial, layers, samples, deadline, roots)
+        with timed(progress, "remedy search: sensitivity and set search"):
+            mixed = mixed_precision(trial, layers, samples, deadline, roots)
         cut += mixed.search["cut"]
         if mixed.patch is not None:
-            a = trial.run(mixed.label, mixed.patch)
+            with timed(progress, f"remedy: verifying {mixed.label}"):
+                a = trial.run(mixed.label, mixed.patch)
             tried.append(a)
             mixed.search["verified"] = a.passes
             if not a.passes and mixed.search["level"] == "int16" and len(tried) < attempts and (
                     deadline is None or time.monotonic() < deadline):
                 # The int16 set passed on the ranking samples only: a set left in float is the next candidate.
-                in_float = mixed_precision(trial, layers, samples, deadline, roots, (FLOAT,))
+                with timed(progress, "remedy search: a set left in float"):
+                    in_float = mixed_precision(trial, layers, samples, deadline, roots, (FLOAT,))
                 cut += in_float.search["cut"]
                 if in_float.patch is not None:
-                    b = trial.run(in_float.label, in_float.patch)
+                    with timed(progress, f"remedy: verifying {in_float.label}"):
+                        b = trial.run(in_float.label, in_float.patch)
                     tried.append(b)
                     in_float.search["verified"] = b.passes
                     mixed = Mixed(mixed.sensitivity, in_float.patch, in_float.label,
@@ -586,10 +596,11 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
             if a.passes and not q.per_channel and len(tried) < attempts and any(
                     x["kind"] == "weight" for x in mixed.search["chosen"]) and (
                     deadline is None or time.monotonic() < deadline):
-                tried.append(trial.run("per-channel weights", {"per_channel": True}))
+                with timed(progress, "remedy: verifying per-channel weights"):
+                    tried.append(trial.run("per-channel weights", {"per_channel": True}))
         passing = [a for a in tried if a.passes]
         if not passing and len(tried) < attempts:
-            _, more = search(trial, d, where, stats, attempts - len(tried), deadline, cut)
+            _, more = search(trial, d, where, stats, attempts - len(tried), deadline, cut, progress)
             tried += more
     t_cost = time.perf_counter()
     if tried:

@@ -1,27 +1,36 @@
-"""A self-contained HTML report: per-layer tables and hand-made SVG charts, one file that opens offline.
+"""A self-contained HTML report that stays readable at 1,000 layers: one file, no external asset.
 
-A table of 200 numbers hides the shape of the failure; a chart of COS and RMSE along the graph shows at a
+A table of 300 numbers hides the shape of the failure; a chart of COS and RMSE along the graph shows at a
 glance whether error jumps at one layer (abrupt) or climbs steadily (gradual), and whether the layer's own
-error (dashed) explains the jump. No plotting library and no external asset: the file is mailed, attached
-to CI runs and opened years later.
+error (dashed) explains the jump. At hundreds of layers a chart with one labelled dot per layer is thousands
+of pixels wide and mostly red, so each model gets:
 
-Both charts use a log scale of the distance to a perfect value (1 - cos and rmse), labelled in the metric's
+- an overview per metric that fits the page width (its y-axis never scrolls away), with the first diverging
+  layer (the root cause) and the layers whose *own* error breaks the thresholds marked, and a status strip
+  (failed / xfailed / passed) under it instead of colouring every dot;
+- a detail chart of a window of layers with their names, zoomed and moved by a slider or a click on the
+  overview (inline JavaScript drawing from the data embedded in the page);
+- the layer table, sortable by any column and filterable (failed only, own error breaks, name), and the
+  fixed-vs-offline table of every tensor.
+
+A summary table of the models comes first, failing models first, otherwise in the terminal's order. No
+plotting library and no external asset: the file is mailed, attached to CI runs and opened years later.
+pytest-html embeds :func:`fragment` (static: its extras do not run scripts) and :func:`one_row`.
+
+Both metrics use a log scale of the distance to a perfect value (1 - cos and rmse), labelled in the metric's
 own units, so 0.99 vs 0.999 stays readable next to a layer at cos 0.1.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Callable
 
-from ..engine.results import Comparison, LayerResult, ModelResult, PASSED, Status
+from ..engine.results import FAILED, PASSED, XFAILED, Comparison, LayerResult, ModelResult, Status
 from ..remedy.fixfile import patch_yaml
 from .numbers import fmt_num
-
-
-
-
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2430;background:#fff}
@@ -31,15 +40,70 @@ h3{font-size:15px;margin:18px 0 6px} .meta{color:#5b6573;font-size:13px}
 .passed{background:#2e7d32}.failed{background:#c62828}.xfailed{background:#ef6c00}.xpassed{background:#6a1b9a}
 .skipped{background:#78909c}
 table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{padding:3px 10px;text-align:right;border-bottom:1px solid #eceff3}
-th{background:#f4f6f9;position:sticky;top:0} td.l,th.l{text-align:left}
-tr.row-failed td{background:#fdecea} tr.row-xfailed td{background:#fff3e0} tr.first td{font-weight:700}
+th{background:#f4f6f9;position:sticky;top:0} td.l,th.l{text-align:left} th.s{cursor:pointer} th.s:hover{background:#e4e8ee}
+tr.row-failed td{background:#fdecea} tr.row-xfailed td{background:#fff3e0} tr.root td{font-weight:700}
 .diag{border-left:4px solid #c62828;background:#fafbfc;padding:8px 14px;margin:10px 0}
 .diag.gradual{border-color:#ef6c00} .diag ul{margin:4px 0 8px 18px;padding:0} .diag li{margin:2px 0}
 pre{background:#f4f6f9;padding:8px 12px;border-radius:4px;font-size:13px;overflow-x:auto}
-.chart{overflow-x:auto} .legend{font-size:12px;color:#5b6573}
+svg.ov{width:100%;height:auto;display:block;max-width:1400px} .legend{font-size:12px;color:#5b6573}
+.tools{font-size:13px;margin:8px 0} .tools label{margin-right:14px} .scroll{max-height:520px;overflow:auto}
+input.zoom{width:100%;max-width:1400px} .detail svg{width:100%;height:auto;max-width:1400px;display:block}
 """
 
-_ACC, _OWN, _THR, _MARK = "#1565c0", "#ef6c00", "#c62828", "#c62828"
+_ACC, _OWN, _THR, _ROOT, _CULPRIT = "#1565c0", "#ef6c00", "#c62828", "#b71c1c", "#6a1b9a"
+_STATUS_COLOUR = {FAILED: "#e53935", XFAILED: "#fb8c00", PASSED: "#43a047", "xpassed": "#8e24aa"}
+_VIEW_W, _LEFT, _RIGHT, _TOP, _PLOT_H = 1000, 58, 12, 8, 120  # overview geometry, in viewBox units
+_DETAIL = 40  # layers in the detail window
+
+# The detail chart and the table's sorting and filters: drawn from the JSON embedded in each model's section.
+_JS = r"""
+(function(){
+function f(kind,v){return kind=='cos'?Math.log10(Math.min(Math.max(1-v,1e-6),1)):Math.log10(Math.min(Math.max(v,1e-5),10));}
+function y(kind,v,top,h){var lo=kind=='cos'?-5:-4,hi=kind=='cos'?0:1,t=Math.min(Math.max((f(kind,v)-lo)/(hi-lo),0),1);
+ return top+(kind=='cos'?t*h:(1-t)*h);}
+function esc(s){return String(s).replace(/[&<>"]/g,function(c){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c];});}
+var TICKS={cos:[[0,'0'],[0.9,'0.9'],[0.99,'0.99'],[0.999,'0.999'],[0.9999,'0.9999']],
+ rmse:[[1e-4,'0.0001'],[1e-3,'0.001'],[1e-2,'0.01'],[0.1,'0.1'],[1,'1'],[10,'10']]};
+function detail(kind,rows,start){
+ var W=1000,L=58,R=12,T=22,H=150,B=110,n=rows.length,step=(W-L-R)/Math.max(n-1,1),o=[];
+ function x(i){return n>1?L+i*step:L+(W-L-R)/2;}
+ o.push('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 '+W+' '+(T+H+B)+'" style="font-size:11px">');
+ o.push('<text x="'+L+'" y="14" font-weight="600">'+(kind=='cos'?'COS':'relative RMSE')+', layers '+(start+1)+'-'+(start+n)+'</text>');
+ TICKS[kind].forEach(function(t){var yy=y(kind,t[0],T,H);o.push('<line x1="'+L+'" x2="'+(W-R)+'" y1="'+yy+'" y2="'+yy+'" stroke="#eceff3"/><text x="'+(L-6)+'" y="'+(yy+4)+'" text-anchor="end" fill="#5b6573">'+t[1]+'</text>');});
+ var ci=kind=='cos'?2:3,oi=kind=='cos'?4:5,ti=kind=='cos'?7:8;
+ function line(idx,col,dash){var p=[];rows.forEach(function(r,i){if(r[idx]!==null)p.push(x(i).toFixed(1)+','+y(kind,r[idx],T,H).toFixed(1));});
+  return '<polyline fill="none" stroke="'+col+'" stroke-width="1.6"'+(dash?' stroke-dasharray="'+dash+'"':'')+' points="'+p.join(' ')+'"/>';}
+ o.push(line(ti,'#c62828','5,4'),line(ci,'#1565c0',''),line(oi,'#ef6c00','4,3'));
+ rows.forEach(function(r,i){var cx=x(i).toFixed(1),cy=y(kind,r[ci],T,H).toFixed(1),col=r[6]=='failed'?'#e53935':r[6]=='xfailed'?'#fb8c00':'#1565c0';
+  if(r[9]=='root')o.push('<line x1="'+cx+'" x2="'+cx+'" y1="'+T+'" y2="'+(T+H)+'" stroke="#b71c1c" stroke-width="2" stroke-opacity="0.5"/>');
+  o.push('<circle cx="'+cx+'" cy="'+cy+'" r="'+(r[9]?4.5:3)+'" fill="'+col+'"'+(r[9]=='own'?' stroke="#6a1b9a" stroke-width="2"':'')+'><title>'+esc(r[0])+' ('+esc(r[1])+'): '+kind+' '+r[ci]+(r[oi]!==null?', own '+r[oi]:'')+' - '+r[6]+(r[9]=='root'?', first diverging':r[9]=='own'?', own error breaks':'')+'</title></circle>');
+  var lab=r[0].length>22?'\u2026'+r[0].slice(-21):r[0];
+  o.push('<text transform="translate('+cx+','+(T+H+12)+') rotate(-40)" text-anchor="end"'+(r[9]?' fill="#b71c1c" font-weight="700"':'')+'>'+esc(lab)+'</text>');});
+ o.push('</svg>');return o.join('');}
+document.querySelectorAll('.qa-model').forEach(function(sec){
+ var data=sec.querySelector('script.qa-data'),slider=sec.querySelector('input.zoom'),out=sec.querySelector('.detail');
+ if(data&&slider&&out){var rows=JSON.parse(data.textContent),win=+slider.dataset.win;
+  var draw=function(){var s=+slider.value;out.innerHTML=detail('cos',rows.slice(s,s+win),s)+detail('rmse',rows.slice(s,s+win),s);};
+  slider.addEventListener('input',draw);
+  sec.querySelectorAll('svg.ov').forEach(function(svg){svg.addEventListener('click',function(e){var b=svg.getBoundingClientRect(),
+   u=(e.clientX-b.left)/b.width*1000,i=Math.round((u-58)/(1000-58-12)*(rows.length-1));
+   slider.value=Math.max(0,Math.min(rows.length-win,i-Math.floor(win/2)));draw();});});
+  var root=rows.findIndex(function(r){return r[9]=='root';});slider.value=Math.max(0,Math.min(rows.length-win,root-Math.floor(win/2)));draw();}
+ var table=sec.querySelector('table.qa-layers');if(!table)return;
+ var body=table.tBodies[0],boxes=sec.querySelectorAll('.tools input');
+ function filter(){var failed=sec.querySelector('input.f-failed').checked,own=sec.querySelector('input.f-own').checked,
+  text=sec.querySelector('input.f-name').value.toLowerCase(),shown=0;
+  Array.prototype.forEach.call(body.rows,function(tr){var ok=(!failed||tr.dataset.status=='failed'||tr.dataset.status=='xfailed')&&(!own||tr.dataset.own=='1')&&(!text||tr.cells[1].textContent.toLowerCase().indexOf(text)>=0);
+   tr.style.display=ok?'':'none';if(ok)shown++;});sec.querySelector('.f-count').textContent=shown+' of '+body.rows.length+' layers shown';}
+ boxes.forEach(function(b){b.addEventListener('input',filter);});
+ table.querySelectorAll('th.s').forEach(function(th,col){th.addEventListener('click',function(){var asc=th.dataset.dir!='asc';th.dataset.dir=asc?'asc':'desc';
+  var idx=Array.prototype.indexOf.call(th.parentNode.cells,th),rs=Array.prototype.slice.call(body.rows);
+  rs.sort(function(a,b){var x=a.cells[idx].dataset.v,y=b.cells[idx].dataset.v;x=x===undefined?a.cells[idx].textContent:x;y=y===undefined?b.cells[idx].textContent:y;
+   var nx=parseFloat(x),ny=parseFloat(y),c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:String(x).localeCompare(String(y));return asc?c:-c;});
+  rs.forEach(function(r){body.appendChild(r);});});});
+ filter();});
+})();
+"""
 
 
 def _e(text: object) -> str:
@@ -62,73 +126,88 @@ def _axis_values(kind: str) -> tuple[Callable[[float], float], list[tuple[float,
     return g, ticks, -4.0, 1.0
 
 
+def _compared(comparison: Comparison) -> list[LayerResult]:
+    return [r for r in comparison.layers if r.summary is not None and r.status != "skipped"]
+
+
+def is_root(r: LayerResult, comparison: Comparison) -> bool:
+    """``r`` is the comparison's first diverging layer (by tensor: results rebuilt from the cache are copies)."""
+    first = comparison.first_diverging
+    return first is not None and r.layer.tensor == first.layer.tensor
+
+
+def _flag(r: LayerResult, comparison: Comparison) -> str:
+    """``root`` for the first diverging layer, ``own`` for a layer whose own error breaks the thresholds."""
+    if is_root(r, comparison):
+        return "root"
+    return "own" if r.own_breaks else ""
+
+
 def chart(comparison: Comparison, kind: str) -> str:
-    """An inline SVG of one metric along the compared layers: accumulated, own, threshold, first divergence."""
-    rows = [r for r in comparison.layers if r.summary is not None and r.status != "skipped"]
+    """An overview SVG of one metric along every compared layer that fits the page's width.
+
+    Accumulated (solid), own error (dashed) and threshold lines; the first diverging layer as a red band and
+    triangle, layers whose own error breaks as purple diamonds; a strip of status colours under the plot.
+    """
+    rows = _compared(comparison)
     if not rows:
         return ""
     f, ticks, lo, hi = _axis_values(kind)
-    step = 34 if len(rows) < 30 else 18
-    left, right, top, bottom = 64, 20, 26, 96
-    width = left + right + step * max(len(rows) - 1, 1)
-    width = max(width, 880)
-    height = 270
-    plot_h = height - top - bottom
-    x_step = (width - left - right) / max(len(rows) - 1, 1)
+    strip, labels = 7, 14
+    height = _TOP + _PLOT_H + strip + labels + 4
+    span = _VIEW_W - _LEFT - _RIGHT
 
     def x(i: int) -> float:
-        return left + i * x_step if len(rows) > 1 else left + (width - left - right) / 2
+        return _LEFT + (i * span / (len(rows) - 1) if len(rows) > 1 else span / 2)
 
     def y(v: float) -> float:
-        t = (f(v) - lo) / (hi - lo)
-        t = min(max(t, 0.0), 1.0)
+        t = min(max((f(v) - lo) / (hi - lo), 0.0), 1.0)
         # cos: perfect (distance 1e-6) at the top; rmse: perfect (1e-5) at the bottom
-        return top + (t * plot_h if kind == "cos" else (1 - t) * plot_h)
+        return _TOP + (t * _PLOT_H if kind == "cos" else (1 - t) * _PLOT_H)
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height}" '
-           f'viewBox="0 0 {width:.0f} {height}" role="img" aria-label="{kind} per layer" '
-           f'style="font-family:system-ui,sans-serif;font-size:11px">']
-    out.append(f'<text x="{left}" y="14" font-weight="600" font-size="12">'
-               f'{"COS" if kind == "cos" else "relative RMSE"} along the graph</text>')
+    title = "COS" if kind == "cos" else "relative RMSE"
+    out = [f'<svg class="ov" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_VIEW_W} {height}" role="img" '
+           f'aria-label="{kind} per layer" style="font-family:system-ui,sans-serif;font-size:11px">',
+           f'<title>{title} along the graph ({len(rows)} layers; click to zoom)</title>']
     for pos, label in ticks:
         t = (pos - lo) / (hi - lo)
-        if not 0 <= t <= 1:
-            continue
-        yy = top + (t * plot_h if kind == "cos" else (1 - t) * plot_h)
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eceff3"/>')
-        out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#5b6573">{label}</text>')
-    first = comparison.first_diverging
+        if 0 <= t <= 1:
+            yy = _TOP + (t * _PLOT_H if kind == "cos" else (1 - t) * _PLOT_H)
+            out.append(f'<line x1="{_LEFT}" x2="{_VIEW_W - _RIGHT}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eceff3"/>'
+                       f'<text x="{_LEFT - 6}" y="{yy + 4:.1f}" text-anchor="end" fill="#5b6573">{label}</text>')
+    out.append(f'<text x="{_LEFT - 50}" y="{_TOP + _PLOT_H / 2:.0f}" fill="#1d2430" font-weight="600" '
+               f'transform="rotate(-90 {_LEFT - 50} {_TOP + _PLOT_H / 2:.0f})" text-anchor="middle">{title}</text>')
     for i, r in enumerate(rows):
-        if r is first:
-            out.append(f'<rect x="{x(i) - x_step / 2:.1f}" y="{top}" width="{x_step:.1f}" height="{plot_h}" '
-                       f'fill="{_MARK}" fill-opacity="0.08"/>')
-            out.append(f'<text x="{x(i):.1f}" y="{top - 4}" text-anchor="middle" fill="{_MARK}" '
-                       f'font-weight="600">first diverging</text>')
-    thr = [(x(i), y(getattr(r.thresholds, kind))) for i, r in enumerate(rows)]
-    out.append(_polyline(thr, _THR, dash="5,4", width=1.2))
-    acc = [(x(i), y(r.summary[kind])) for i, r in enumerate(rows)]
-    out.append(_polyline(acc, _ACC, width=2))
+        if is_root(r, comparison):
+            w = max(span / len(rows), 2.0)
+            out.append(f'<rect x="{x(i) - w / 2:.1f}" y="{_TOP}" width="{w:.1f}" height="{_PLOT_H}" fill="{_ROOT}" '
+                       f'fill-opacity="0.15"/><path d="M{x(i) - 5:.1f},{_TOP} h10 l-5,8 z" fill="{_ROOT}">'
+                       f'<title>first diverging: {_e(r.layer.name)}</title></path>')
+    out.append(_polyline([(x(i), y(getattr(r.thresholds, kind))) for i, r in enumerate(rows)], _THR, "5,4", 1.2))
+    out.append(_polyline([(x(i), y(r.summary[kind])) for i, r in enumerate(rows)], _ACC, None, 1.6))
     own_pts = [(x(i), y(r.own[kind])) for i, r in enumerate(rows) if r.own is not None]
     if own_pts:
-        out.append(_polyline(own_pts, _OWN, dash="4,3", width=1.6))
+        out.append(_polyline(own_pts, _OWN, "4,3", 1.2))
     for i, r in enumerate(rows):
-        bad = not r.thresholds.passes(r.summary["cos"], r.summary["rmse"])
-        out.append(f'<circle cx="{x(i):.1f}" cy="{y(r.summary[kind]):.1f}" r="3.2" fill="{_THR if bad else _ACC}">'
-                   f'<title>{_e(r.layer.name)} ({_e(r.layer.op_type)}): {kind} {fmt_num(r.summary[kind])}'
-                   f'{"" if r.own is None else f", own {fmt_num(r.own[kind])}"}</title></circle>')
-        if r.own is not None:
-            out.append(f'<circle cx="{x(i):.1f}" cy="{y(r.own[kind]):.1f}" r="2.4" fill="#fff" stroke="{_OWN}"/>')
-    for i, r in enumerate(rows):
-        weight = ' font-weight="700"' if r is first else ""
-        out.append(f'<text transform="translate({x(i):.1f},{height - bottom + 12}) rotate(-40)" text-anchor="end"'
-                   f' fill="{_MARK if r is first else "#1d2430"}"{weight}>{_e(_short(r.layer.name))}</text>')
-    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#9aa3af"/>')
-    out.append("</svg>")
+        if r.own_breaks and not is_root(r, comparison):
+            cx, cy = x(i), y(r.own[kind])
+            out.append(f'<path d="M{cx:.1f},{cy - 4:.1f} l4,4 l-4,4 l-4,-4 z" fill="{_CULPRIT}"><title>'
+                       f'{_e(r.layer.name)}: own error breaks the thresholds</title></path>')
+    # status strip: runs of equal status as one rectangle each
+    base, start = _TOP + _PLOT_H + 2, 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i].status != rows[start].status:
+            x0 = x(start) - span / len(rows) / 2 if len(rows) > 1 else _LEFT
+            x1 = x(i - 1) + span / len(rows) / 2 if len(rows) > 1 else _VIEW_W - _RIGHT
+            out.append(f'<rect x="{max(x0, _LEFT):.1f}" y="{base}" width="{min(x1, _VIEW_W - _RIGHT) - max(x0, _LEFT):.1f}"'
+                       f' height="{strip}" fill="{_STATUS_COLOUR.get(rows[start].status, "#90a4ae")}"/>')
+            start = i
+    every = max(1, round(len(rows) / 10))
+    for i in range(0, len(rows), every):
+        out.append(f'<text x="{x(i):.1f}" y="{base + strip + labels - 2}" text-anchor="middle" fill="#5b6573">'
+                   f'{i + 1}</text>')
+    out.append(f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{_TOP + _PLOT_H}" stroke="#9aa3af"/></svg>')
     return "\n".join(out)
-
-
-def _short(name: str, n: int = 18) -> str:
-    return name if len(name) <= n else "\u2026" + name[-(n - 1):]
 
 
 def _polyline(points: list[tuple[float, float]], color: str, dash: str | None = None, width: float = 1.5) -> str:
@@ -137,30 +216,71 @@ def _polyline(points: list[tuple[float, float]], color: str, dash: str | None = 
     return f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="{width}"{d}/>'
 
 
-def _row(r: LayerResult, first: LayerResult | None) -> str:
+def _num(v: float | None) -> object:
+    """A metric for the embedded data: 5 significant digits keep a 1,000-layer page small."""
+    return None if v is None or not math.isfinite(v) else float(f"{v:.5g}")
+
+
+def _data(comparison: Comparison) -> str:
+    """The compared layers as compact JSON for the detail chart (``</`` escaped for the script element)."""
+    rows = [[r.layer.name, r.layer.op_type, _num(r.summary["cos"]), _num(r.summary["rmse"]),
+             _num(r.own["cos"] if r.own else None), _num(r.own["rmse"] if r.own else None), r.status,
+             r.thresholds.cos, r.thresholds.rmse, _flag(r, comparison)] for r in _compared(comparison)]
+    return json.dumps(rows, separators=(",", ":")).replace("</", "<\\/")
+
+
+def _note(r: LayerResult, comparison: Comparison) -> str:
+    first = comparison.first_diverging
+    if is_root(r, comparison):
+        return "first diverging (root cause)"
+    if r.inherited_from:
+        return f"inherits from known-bad {r.inherited_from}"
+    if r.status not in (FAILED, XFAILED):
+        return ""
+    if r.own_breaks:
+        return "own error breaks the thresholds"
+    return f"inherits from {first.layer.name}" if first is not None and r.own is not None else ""
+
+
+def _cell(v: float | None) -> str:
+    return f'<td data-v="{"" if v is None else v}">{fmt_num(v)}</td>'
+
+
+def _row(i: int, r: LayerResult, comparison: Comparison) -> str:
     s, own = r.summary, r.own
-    cls = f"row-{r.status}" + (" first" if r is first else "")
-    status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
-    cells = [f'<td class="l">{"&rarr; " if r is first else ""}{_e(r.layer.name)}</td>',
-             f'<td class="l">{_e(r.layer.op_type)}</td>',
-             f"<td>{fmt_num(s['cos'] if s else None)}</td>", f"<td>{fmt_num(s['rmse'] if s else None)}</td>",
-             f"<td>{fmt_num(own['cos'] if own else None)}</td>", f"<td>{fmt_num(own['rmse'] if own else None)}</td>",
-             f"<td>{fmt_num(s.worst['cos'] if s else None)}</td>",
-             f"<td>{fmt_num(r.thresholds.cos, 3)} / {fmt_num(r.thresholds.rmse, 3)}</td>",
-             f'<td class="l"><span class="badge {r.status}">{_e(status)}</span></td>']
+    flag = _flag(r, comparison)
+    cls = f"row-{r.status}" + (" root" if flag == "root" else "")
     title = f' title="{_e(r.reason)}"' if r.reason else ""
-    return f'<tr class="{cls}"{title}>' + "".join(cells) + "</tr>"
+    return (f'<tr class="{cls}" data-status="{r.status}" data-own="{int(r.own_breaks)}"{title}>'
+            f'<td data-v="{i}">{i + 1}</td><td class="l">{_e(r.layer.name)}</td><td class="l">{_e(r.layer.op_type)}</td>'
+            + _cell(s["cos"]) + _cell(s["rmse"]) + _cell(own["cos"] if own else None)
+            + _cell(own["rmse"] if own else None) + _cell(s.worst["cos"])
+            + f'<td>{fmt_num(r.thresholds.cos, 3)} / {fmt_num(r.thresholds.rmse, 3)}</td>'
+            f'<td class="l"><span class="badge {r.status}">{_e(r.status)}</span></td>'
+            f'<td class="l">{_e(_note(r, comparison))}</td></tr>')
 
 
-def _table(comparison: Comparison) -> str:
-    rows = [r for r in comparison.layers if r.status != "skipped"]
-    head = ('<tr><th class="l">layer</th><th class="l">op</th><th>cos</th><th>rmse</th><th>own cos</th>'
-            '<th>own rmse</th><th>worst cos</th><th>thresholds</th><th class="l">status</th></tr>')
-    body = "".join(_row(r, comparison.first_diverging) for r in rows)
-    skipped = len(comparison.layers) - len(rows)
-    note = f'<div class="meta">{skipped} layers not compared (fused or not quantized; hover a row for reasons).</div>' \
-        if skipped else ""
-    return f"<table>{head}{body}</table>{note}"
+def _table(comparison: Comparison, interactive: bool) -> str:
+    """Every compared layer (sortable, filterable with scripts), then the layers not compared, with reasons."""
+    rows = _compared(comparison)
+    cols = [("#", ""), ("layer", "l"), ("op", "l"), ("cos", ""), ("rmse", ""), ("own cos", ""), ("own rmse", ""),
+            ("worst cos", ""), ("thresholds", ""), ("status", "l"), ("note", "l")]
+    head = "".join(f'<th class="{c} s">{_e(n)}</th>' for n, c in cols)
+    body = "".join(_row(i, r, comparison) for i, r in enumerate(rows))
+    tools = ('<div class="tools"><label><input type="checkbox" class="f-failed"> failed only</label>'
+             '<label><input type="checkbox" class="f-own"> own error breaks</label>'
+             '<label>layer <input type="search" class="f-name" size="18"></label>'
+             '<span class="meta f-count"></span> <span class="meta">(click a column to sort)</span></div>'
+             ) if interactive else ""
+    cls = "qa-layers" if interactive else "layers"  # the scripts' table: the float-vs-fixed one
+    out = f'{tools}<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
+          f'</table></div>'
+    skipped = [r for r in comparison.layers if r.status == "skipped" or r.summary is None]
+    if skipped:
+        items = "".join(f"<li>{_e(r.layer.name)} ({_e(r.layer.op_type)}): {_e(r.reason or 'not compared')}</li>"
+                        for r in skipped)
+        out += f'<details class="meta"><summary>{len(skipped)} layers not compared</summary><ul>{items}</ul></details>'
+    return out
 
 
 def _diagnosis(comparison: Comparison) -> str:
@@ -226,35 +346,100 @@ def _sensitivity(d) -> str:
     return "".join(out)
 
 
-def model_section(result: ModelResult, verdict: Status | None = None) -> str:
-    """One model's part of the report (also what a pytest-html extra shows); ``verdict`` includes the CI gates."""
+def _agreement(result: ModelResult) -> str:
+    """Fixed vs offline: the headline and every tensor compared, in graph order."""
+    a = result.agreement
+    if a is None or a.worst is None:
+        return ""
+    w, first = a.worst, a.first_failing
+    status = PASSED if a.passed else FAILED
+    keys = list(a.tensors[0].histogram)
+    rows = "".join(
+        f'<tr class="row-{PASSED if t.mismatch_rate <= a.max_mismatch_rate else FAILED}">'
+        f'<td class="l">{_e(t.tensor)}</td><td>{t.max_steps}</td><td>{100 * t.mismatch_rate:.2f}%</td>'
+        + "".join(f"<td>{t.histogram[k]}</td>" for k in keys) + "</tr>" for t in a.tensors)
+    head = "".join(f"<th>{_e(k)} steps</th>" for k in keys)
+    return (f'<h3>{_e(a.reference)} vs {_e(a.target)} <span class="badge {status}">{status}</span></h3>'
+            f'<div class="meta">worst '
+            f"{_e(w.tensor)}: {100 * w.mismatch_rate:.2f}% of elements beyond {a.tolerance_steps} steps (gate "
+            f"{100 * a.max_mismatch_rate:.2f}%), max {w.max_steps}"
+            + (f"; first beyond the gate in graph order: {_e(first.tensor)}" if first is not None else "")
+            + f'</div><details{" open" if not a.passed else ""}><summary>{len(a.tensors)} tensors</summary>'
+            f'<div class="scroll"><table><thead><tr><th class="l">tensor</th><th>max steps</th>'
+            f"<th>&gt; {a.tolerance_steps} steps</th>{head}</tr></thead><tbody>{rows}</tbody></table></div></details>")
+
+
+def _counts(result: ModelResult) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in result.comparisons:
+        for r in c.layers:
+            counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
+def model_section(result: ModelResult, verdict: Status | None = None, index: int = 0,
+                  interactive: bool = True) -> str:
+    """One model's part of the report; ``verdict`` includes the CI gates. ``interactive``: with the detail
+    chart and table tools (scripts), off for pytest-html."""
     s = result.spec
     status = verdict or result.status
-    out = [f'<h2>{_e(s.name)} <span class="badge {status}">{_e(status)}</span></h2>',
+    xfailed = _counts(result).get(XFAILED, 0)
+    out = [f'<section class="qa-model" id="model-{index}"><h2>{_e(s.name)} <span class="badge {status}">'
+           f'{_e(status)}</span>' + (f' <span class="badge xfailed">{xfailed} xfailed</span>' if xfailed else "")
+           + "</h2>",
            f'<div class="meta">{_e(s.spec_path)} &middot; {result.quantized_layers} quantized tensors &middot; '
            f'{result.samples} samples &middot; {_e(s.quantization.activations)} activations, '
            f'{_e(s.quantization.weights)} weights, {_e(s.quantization.method)}'
            f'{", per-channel" if s.quantization.per_channel else ""}</div>']
     if result.error is not None:
-        out.append(f"<pre>{_e(result.error.message)}</pre>")
+        out.append(f"<pre>{_e(result.error.message)}</pre></section>")
         return "\n".join(out)
+    if result.artifacts is not None:
+        out.append(f'<div class="meta">open in Netron: <code>netron {_e(result.artifacts.fixed_model)}</code></div>')
     for c in result.comparisons:
+        first = c.first_diverging
         out.append(f"<h3>{_e(c.reference)} vs {_e(c.target)}: first diverging layer: "
-                   f"{_e(c.first_diverging.layer.name if c.first_diverging else 'none')}</h3>")
+                   f"{_e(first.layer.name if first else 'none')}</h3>")
         if c.target == "fixed":
-            out.append(f'<div class="legend"><span style="color:{_ACC}">&#9679;&mdash; accumulated</span> &nbsp; '
-                       f'<span style="color:{_OWN}">&#9675;- - own (layer fed with float inputs)</span> &nbsp; '
-                       f'<span style="color:{_THR}">- - threshold</span> &nbsp; red dots break a threshold</div>')
-            out.append(f'<div class="chart">{chart(c, "cos")}</div><div class="chart">{chart(c, "rmse")}</div>')
+            out.append(f'<div class="legend"><span style="color:{_ACC}">&mdash; accumulated</span> &nbsp; '
+                       f'<span style="color:{_OWN}">- - own error (layer fed with float inputs)</span> &nbsp; '
+                       f'<span style="color:{_THR}">- - threshold</span> &nbsp; <span style="color:{_ROOT}">'
+                       f'&#9660; first diverging (root cause)</span> &nbsp; <span style="color:{_CULPRIT}">&#9670; '
+                       f'own error breaks</span> &nbsp; strip: failed / xfailed / passed'
+                       + (" &nbsp; (click to zoom)" if interactive else "") + "</div>")
+            out.append(chart(c, "cos") + chart(c, "rmse"))
+            rows = _compared(c)
+            if interactive and rows:
+                win = min(_DETAIL, len(rows))
+                out.append(f'<script type="application/json" class="qa-data">{_data(c)}</script>'
+                           f'<input type="range" class="zoom" min="0" max="{len(rows) - win}" value="0" '
+                           f'data-win="{win}" aria-label="detail window"><div class="detail"></div>')
             out.append(_diagnosis(c))
-        out.append(_table(c))
-    a = result.agreement
-    if a is not None and a.worst is not None:
-        w = a.worst
-        out.append(f"<h3>{a.reference} vs {a.target}: {'passed' if a.passed else 'FAILED'}</h3><div class='meta'>worst "
-                   f"{_e(w.tensor)}: {100 * w.mismatch_rate:.2f}% of elements beyond {a.tolerance_steps} steps, "
-                   f"max {w.max_steps}</div>")
+        out.append(_table(c, interactive and c.target == "fixed"))
+    out.append(_agreement(result))
+    out.append("</section>")
     return "\n".join(out)
+
+
+def _models_table(results: list[ModelResult], verdicts: list[Status], order: list[int]) -> str:
+    rows = []
+    for i in order:
+        r, v = results[i], verdicts[i]
+        counts = _counts(r)
+        fx = r.comparison("float", "fixed")
+        first = fx.first_diverging.layer.name if fx is not None and fx.first_diverging else "-"
+        diag = f"{fx.diagnosis.kind} at {fx.diagnosis.layer}" if fx is not None and fx.diagnosis else "-"
+        agree = "-" if r.agreement is None or r.agreement.worst is None else \
+            (PASSED if r.agreement.passed else FAILED)
+        rows.append(f'<tr class="row-{v}"><td class="l"><a href="#model-{i}">{_e(r.spec.name)}</a></td>'
+                    f'<td class="l">{_e(r.spec.spec_path.name)}</td><td class="l"><span class="badge {v}">{v}</span>'
+                    f'</td>' + "".join(f"<td>{counts.get(k, 0)}</td>" for k in (FAILED, XFAILED, "xpassed", PASSED,
+                                                                                "skipped"))
+                    + f'<td class="l">{_e(first)}</td><td class="l">{_e(diag)}</td><td class="l">{agree}</td></tr>')
+    return ('<table class="qa-models"><thead><tr><th class="l">model</th><th class="l">spec</th><th class="l">status'
+            '</th><th>failed</th><th>xfailed</th><th>xpassed</th><th>passed</th><th>skipped</th><th class="l">first '
+            'diverging</th><th class="l">diagnosis</th><th class="l">agreement (steps)</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>")
 
 
 def _scoped_css(scope: str) -> str:
@@ -270,17 +455,32 @@ def _scoped_css(scope: str) -> str:
 
 
 def fragment(result: ModelResult, verdict: Status | None = None) -> str:
-    """One model's section with its own scoped style: what a pytest-html extra shows."""
-    return f'<div class="quantacc"><style>{_scoped_css(".quantacc")}</style>{model_section(result, verdict)}</div>'
+    """One model's section with its own scoped style, without scripts: what a pytest-html extra shows."""
+    return (f'<div class="quantacc" style="max-width:1400px"><style>{_scoped_css(".quantacc")}</style>'
+            f"{model_section(result, verdict, interactive=False)}</div>")
+
+
+def one_row(r: LayerResult, comparison: Comparison) -> str:
+    """The one-row extra of a failing layer that is not its model's root cause (pytest-html)."""
+    s, own = r.summary, r.own
+    cells = [r.layer.name, r.layer.op_type, f"cos {fmt_num(s['cos'])}", f"rmse {fmt_num(s['rmse'])}",
+             f"own cos {fmt_num(own['cos'] if own else None)}", f"own rmse {fmt_num(own['rmse'] if own else None)}",
+             r.status, _note(r, comparison)]
+    return ('<table class="quantacc-row" style="font-size:13px;border-collapse:collapse"><tr>'
+            + "".join(f'<td style="padding:2px 8px">{_e(c)}</td>' for c in cells if c) + "</tr></table>")
 
 
 def page(results: list[ModelResult], title: str = "pytest-quantacc report",
          verdicts: list[Status] | None = None) -> str:
-    """The whole report; ``verdicts`` (one per result, including the CI gates) default to the results' own."""
+    """The whole report; ``verdicts`` (one per result, including the CI gates) default to the results' own.
+
+    ``results`` come in the terminal summary's order; failing models are listed (and shown) first.
+    """
     verdicts = verdicts or [r.status for r in results]
+    order = sorted(range(len(results)), key=lambda i: verdicts[i] == PASSED)
     failed = sum(v != PASSED for v in verdicts)
-    body = "\n".join(model_section(r, v) for r, v in zip(results, verdicts))
+    body = "\n".join(model_section(results[i], verdicts[i], i) for i in order)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body>'
-            f'<h1>{_e(title)}</h1><div class="meta">{len(results)} models, {failed} failing</div>\n{body}\n'
-            f"</body></html>\n")
+            f'<h1>{_e(title)}</h1><div class="meta">{len(results)} models, {failed} failing</div>\n'
+            f"{_models_table(results, verdicts, order)}\n{body}\n<script>{_JS}</script></body></html>\n")

@@ -63,6 +63,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
             if c.diagnosis.search is not None:
                 lines.append(f"    {search_line(c.diagnosis)}")
+            for t in c.diagnosis.todo:  # printed here only, not on each failing layer
+                lines += [f"    what to do: {t}".splitlines()[0], *t.splitlines()[1:]]
     if result.agreement is not None and result.agreement.worst is not None:
         w = result.agreement.worst
         first = result.agreement.first_failing
@@ -71,7 +73,10 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
                      + (f"first {first.tensor}; " if first is not None and first is not w else "")
                      + f"worst {w.tensor}: {100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} "
                        f"steps, max {w.max_steps}")
+    if result.artifacts is not None and (status or result.status) != "passed":
+        lines.append(f"  open in Netron: netron {result.artifacts.fixed_model}")
     return "\n".join(lines)
+
 
 def extra_lines(ev: Evaluated, check: BaselineCheck | None) -> list[str]:
     """Summary lines under a model's ``model_summary``: accuracy, baseline, whether inference ran."""

@@ -33,6 +33,7 @@ from ..convert.prepare import PreparedModel, prepare, prepare_float
 from ..convert.workdir import (data_key, digest, file_digest, hash_file, model_key, read_manifest, remembered,
                                workdir_for)
 from ..engine.accuracy import task_accuracy
+from ..engine.progress import Progress
 from ..engine.results import Evaluated, ModelResult
 from ..engine.run import evaluate_model
 from ..errors import QuantaccInputError
@@ -176,7 +177,7 @@ def dumps_key(folder: Path, workdir: Path | None) -> str:
 
 
 def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: bool = True,
-                    memory_budget: int | None = None) -> Evaluated:
+                    memory_budget: int | None = None, progress: Progress | None = None) -> Evaluated:
     """``evaluate_model`` plus task accuracy, through the cache; at most one process works on a model at a time."""
     workdir = workdir_for(base, mspec)
     with locked(workdir):
@@ -196,7 +197,7 @@ def evaluate_cached(mspec: ModelSpec, base: Path, threads: int = 0, use_cache: b
             reused = _reuse(workdir, key, prepared)
             if reused is not None:
                 return reused
-        result = evaluate_model(mspec, base, threads, memory_budget, prepared)
+        result = evaluate_model(mspec, base, threads, memory_budget, prepared, progress)
         accuracy = accuracy_error = None
         if result.error is None and mspec.accuracy is not None:
             try:
