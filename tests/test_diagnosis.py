@@ -57,12 +57,14 @@ def test_weight_fault_is_explained_by_its_weights_and_the_budget_holds(tmp_path,
     weights = next(s for s in d.stats if s.role == "weights")
     assert weights.tensor == "conv2_w" and weights.collapsed > 0.5 and weights.levels <= 8
     assert not any("outlier-channel signature" in w for w in d.why)  # ruled out by the input's statistics
-    # Two attempts (the whole-model settings) do not fix a broken weight tensor: no remedy, the closest result.
-    assert [a.patch for a in d.attempts] == [{"per_channel": True}, {"method": "percentile"}]
-    assert d.remedy is None and d.remedy_result["passes"] is False
-    assert d.remedy_result["first_diverging_layer"] == "relu2"
+    # The set search names the broken weights; with a weight site in the set, per-channel weights (int8
+    # everywhere, cheaper when it passes) gets the second conversion and does not fix a broken weight tensor.
+    assert [a.patch for a in d.attempts] == [{"overrides": {"conv2": {"weights": "int16"}}}, {"per_channel": True}]
+    assert d.remedy == {"overrides": {"conv2": {"weights": "int16"}}} and d.remedy_result["passes"]
+    assert [a.passes for a in d.attempts] == [True, False]
     off = deepen(evaluate_model(mspec, tmp_path / "work"), attempts=0).comparison("float", "fixed").diagnosis
     assert off.attempts == () and off.remedy is None and off.remedy_result is None and off.stats
+    assert off.sensitivity == () and off.search is None
 
 
 def test_gradual_fault_blames_no_single_layer(tmp_path, zoo_models):

@@ -241,6 +241,11 @@ class Diagnosis:
     remedy: dict | None = None
     remedy_result: dict | None = None
     attempts: tuple[Attempt, ...] = ()
+    # The mixed-precision search (remedy/sensitivity.py, minimal.py): per-site sensitivity as JSON rows (most
+    # sensitive first), the search's settings, curve, cuts and cache state, and the offered remedy's cost.
+    sensitivity: tuple[dict, ...] = ()
+    search: dict | None = None
+    cost: dict | None = None
 
 @dataclass(frozen=True)
 class TensorStats:
@@ -312,6 +317,11 @@ class Attempt:
     outputs_rmse: float | None
     seconds: float
     error: str | None = None
+    # Filled by remedy.search.deepen: the deployment cost of the attempt's model (remedy/cost.py's cost_json),
+    # whether it is worse than the default conversion, and where its fixed.onnx is.
+    cost: dict | None = None
+    harmful: bool = False
+    model: str | None = None
 
     def result_json(self) -> dict:
         return {"passes": self.passes, "first_diverging_layer": self.first_diverging_layer,
@@ -320,7 +330,7 @@ class Attempt:
 
     def as_json(self) -> dict:
         return {"label": self.label, "patch": self.patch, **self.result_json(), "seconds": round(self.seconds, 3),
-                **({"error": self.error} if self.error else {})}
+                **({"error": self.error} if self.error else {}), "harmful": self.harmful, "cost": self.cost}
 
 @dataclass(frozen=True)
 class Suspect:

@@ -35,6 +35,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--quantacc-remedies", metavar="N", type=int, default=None,
                     help="when a layer fails, try at most N remedies (re-conversions) and report the smallest "
                          "that makes every layer pass (default 8; 0 turns remedies off)")
+    group.addoption("--quantacc-remedy-time", metavar="SECONDS", type=float, default=None,
+                    help="bound the remedy search of a failing model to about SECONDS (no new sensitivity run, set "
+                         "evaluation or re-conversion starts after it; the summary says what was cut; ini: "
+                         "quantacc_remedy_time; default: no bound)")
+    group.addoption("--quantacc-remedy-samples", metavar="N", type=int, default=None,
+                    help="evaluation samples the sensitivity ranking and set search use (default 4; the remedy "
+                         "found is verified on all of them; ini: quantacc_remedy_samples)")
     group.addoption("--quantacc-fix", action="store_true", default=False,
                     help="write <spec stem>.fix.yaml beside each spec with a verified remedy: the spec with the "
                          "remedy applied (the spec itself is never modified)")
@@ -55,6 +62,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   help="a layer fails when its rmse rises more than this above its baseline")
     parser.addini("quantacc_memory_budget", default="",
                   help="default for --quantacc-memory-budget (e.g. 4GB)")
+    parser.addini("quantacc_remedy_time", default="",
+                  help="default for --quantacc-remedy-time (seconds)")
+    parser.addini("quantacc_remedy_samples", default="",
+                  help="default for --quantacc-remedy-samples")
     parser.addini("quantacc_patterns", type="args", default=_PATTERNS,
                   help="file name globs of spec files collected under directories with --quantacc")
     parser.addini("quantacc_report", default="",

@@ -21,6 +21,7 @@ from ..engine.progress import Progress
 from ..engine.results import BaselineCheck, Evaluated, ModelResult
 from ..errors import unexpected
 from ..remedy.search import DEFAULT_ATTEMPTS, deepen
+from ..remedy.sensitivity import DEFAULT_SAMPLES
 from ..spec.model import ModelSpec
 from ..spec.parse import load_spec
 from ..store.baseline import check_baseline
@@ -121,6 +122,8 @@ class QuantaccRun:
     memory_budget: int | None = None  # bytes; None: chunking.default_budget() (computed where it is used)
     note: str | None = None  # one line for the header: why artifacts went elsewhere than asked (read-only cache)
     output_errors: list[str] = field(default_factory=list)  # outputs that could not be written, one line each
+    remedy_samples: int = DEFAULT_SAMPLES  # evaluation samples the remedy search ranks on
+    remedy_time: float | None = None  # seconds the remedy search of one model may take (None: no bound)
     progress: ProgressLines | None = None  # None: quiet (-q, xdist workers)
     temporary: bool = False  # ``base`` is a temp folder of this process (no cache directory): removed at the end
 
@@ -170,13 +173,14 @@ class QuantaccRun:
             workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
             budget = default_budget()
             budget = budget // workers if budget and workers > 1 else None
+        remedy_time, remedy_samples = _remedy_settings(config)
         return cls(base, threads, tuple(config.getini("quantacc_patterns")), explicit,
                    remedies=DEFAULT_ATTEMPTS if remedies is None else max(0, remedies),
                    use_cache=not config.getoption("quantacc_no_cache"),
                    baseline_update=config.getoption("quantacc_baseline_update"),
                    tolerance_cos=float(config.getini("quantacc_baseline_tolerance_cos")),
                    tolerance_rmse=float(config.getini("quantacc_baseline_tolerance_rmse")),
-                   memory_budget=budget, note=note,
+                   memory_budget=budget, note=note, remedy_samples=remedy_samples, remedy_time=remedy_time,
                    progress=None if config.get_verbosity() < 0 or hasattr(config, "workerinput") else
                    ProgressLines(config),
                    temporary=note is not None or (not workdir and getattr(config, "cache", None) is None))
@@ -220,7 +224,10 @@ class QuantaccRun:
                 # be rebuilding the folder (always, with --quantacc-no-cache).
                 with locked(workdir_for(self.base, mspec)):
                     evaluated = replace(evaluated, result=deepen(evaluated.result, self.threads, self.remedies,
-                                                                self.memory_budget, evaluated.prepared, progress))
+                                                                self.memory_budget, evaluated.prepared, progress,
+                                                                samples=self.remedy_samples,
+                                                                remedy_time=self.remedy_time,
+                                                                use_cache=self.use_cache))
             except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
                 # Remembered like a result: every item of the model reports it, none of them re-runs it.
                 evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))
@@ -252,3 +259,19 @@ class QuantaccRun:
         if key not in self.checks:
             self.checks[key] = check_baseline(mspec, self.result(mspec), self.tolerance_cos, self.tolerance_rmse)
         return self.checks[key]
+
+
+def _remedy_settings(config: pytest.Config) -> tuple[float | None, int]:
+    """--quantacc-remedy-time / quantacc_remedy_time and --quantacc-remedy-samples / quantacc_remedy_samples."""
+    raw_time = config.getoption("quantacc_remedy_time")
+    raw_time = raw_time if raw_time is not None else (config.getini("quantacc_remedy_time") or None)
+    raw_samples = config.getoption("quantacc_remedy_samples")
+    raw_samples = raw_samples if raw_samples is not None else (config.getini("quantacc_remedy_samples") or None)
+    try:
+        seconds = None if raw_time is None else float(raw_time)
+        samples = DEFAULT_SAMPLES if raw_samples is None else int(raw_samples)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--quantacc-remedy-time / --quantacc-remedy-samples: {exc}") from None
+    if (seconds is not None and seconds < 0) or samples < 1:
+        raise pytest.UsageError("--quantacc-remedy-time must be >= 0 and --quantacc-remedy-samples >= 1")
+    return seconds, samples

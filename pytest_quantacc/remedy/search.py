@@ -10,29 +10,38 @@ float vs fixed only, and reports every attempt with the layer's and the outputs'
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
 import onnx
 
+from .. import __version__
 from ..convert.prepare import PreparedModel
 from ..convert.quantize import quantize
-from ..convert.workdir import digest, read_manifest, write_manifest
+from ..convert.workdir import data_key, digest, read_manifest, write_manifest
 from ..engine.judge import finish
-from ..engine.metrics import Accumulator, accumulate
+from ..engine.metrics import Accumulator, Parts, accumulate
 from ..engine.ort_backend import plan_passes
 from ..engine.passes import default_budget
 from ..engine.progress import Progress, timed
 from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
+from ..files import write_text
 from ..graph.match import match_layers
-from ..graph.structure import prune
+from ..graph.parts import part_plans
+from ..graph.structure import consumers, prune
 from ..spec.model import ModelSpec, Override, Quantization
+from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
 from .fixfile import patch_yaml
+from .minimal import Gates, search as minimal_search
 from .rootcause import Site, explain, gather, site
+from .sensitivity import (DEFAULT_SAMPLES, FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, local_errors,
+                          rank)
 
 
 
@@ -148,6 +157,8 @@ class _Trial:
         by_tensor = {lay.tensor: lay for lay in layers if lay.skip is None}
         accs: dict[str, Accumulator] = {}
         skips: dict[str, str] = {}
+        parts: Parts = {}  # judged like the evaluation: Concat slices (and channels with the channel gate)
+        plans = part_plans(self.float_model, list(by_tensor), channels=mspec.gate.granularity == "channel")
         for chunk in self.passes:
             compared = [by_tensor[t] for t in chunk if t in by_tensor]
             if not compared:
@@ -157,9 +168,11 @@ class _Trial:
             for sample, f in self._pairs(list(chunk)):
                 fx = run.run(sample)
                 for lay in compared:
-                    accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor))
-        comp = finish(layers, accs, skips, mspec, "float", "fixed")
-        return _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
+                    accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor), parts,
+                               plans.get(lay.tensor, ()))
+        comp = finish(layers, accs, skips, mspec, "float", "fixed", parts, set(self.outputs))
+        found = _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
+        return replace(found, model=str(art.fixed_model))
 
 
 def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
@@ -195,13 +208,22 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
 
 
 def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[TensorStats, ...],
-           budget: int, progress: Progress | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
-    """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt)."""
+           budget: int, deadline: float | None = None,
+           cut: list[str] | None = None,
+           progress: Progress | None = None) -> tuple[Attempt | None, tuple[Attempt, ...]]:
+    """Try remedies in order until one passes (then shrink it); returns (verified remedy, every attempt).
+
+    Past ``deadline`` (``time.monotonic()``) no further attempt starts; what was skipped goes into ``cut``.
+    ``progress`` is told when each attempt starts and ends."""
     q = trial.mspec.quantization
     tried: list[Attempt] = []
 
     def attempt(label: str, patch: dict) -> Attempt | None:
         if len(tried) >= budget:
+            return None
+        if deadline is not None and time.monotonic() > deadline:
+            if cut is not None:
+                cut.append(f"remedy time spent: not tried: {label}")
             return None
         with timed(progress, f"remedy {len(tried) + 1}/{budget}: {label}"):
             a = trial.run(label, patch)
@@ -258,18 +280,274 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
     return passing, tuple(tried)
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """What the switchboard search found: the ranking, the chosen sites as a spec patch, and its account."""
+
+    sensitivity: tuple[dict, ...]
+    patch: dict | None
+    label: str | None
+    search: dict
+
+
+def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float | None,
+                    roots: tuple[str, ...] = (), levels: tuple[int, ...] = (INT16, FLOAT)) -> Mixed:
+    """Rank every quantized site on the first ``samples`` evaluation samples and find a small set to raise.
+
+    One switched session (sensitivity.py) over the float graph with fixed.onnx's own ranges: no
+    re-quantization per candidate. Candidates are judged by the real gates (minimal.Gates: every compared
+    layer and the outputs, per-layer thresholds, known_bad xfails); 16-bit first, float when even every site
+    at 16 bits fails (``levels``). Graph inputs have no node to set a precision on and are not candidates.
+    Sites that write the diagnosis' ``roots`` (layers whose own error breaks) are measured first.
+    """
+    t0 = time.perf_counter()
+    art = trial.art
+    float_full = onnx.load(str(art.float_model))  # with the weights: 16-bit weights are re-quantized from them
+    fixed_full = onnx.load(str(art.fixed_model))
+    tensors = [lay.tensor for lay in layers if lay.skip is None]
+    samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
+    try:
+        board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
+                            tensors=tensors)
+    except NotSwitchable as exc:  # the whole-model attempts still run
+        return Mixed((), None, None, {"samples": len(samples_used), "sites": 0, "ranked": 0, "evaluations": 0,
+                                      "runs": 0, "inference_seconds": 0.0, "seconds": round(time.perf_counter() - t0, 3),
+                                      "level": "int16", "chosen": [], "found": False,
+                                      "cut": [f"no mixed-precision search: {exc}"], "curve": []})
+    gates = Gates(board, layers, trial.mspec, float_full)
+    cut: list[str] = []
+    settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them
+    few = len(settable) <= FULL_SENSITIVITY_SITES
+    # Many sites: order them by their own quantization error (free), measure the worst MEASURED_SITES alone.
+    local = local_errors(float_full, fixed_full, board)
+    root_nodes = set(roots)
+    root_tensors = {lay.tensor for lay in layers if lay.name in root_nodes}
+    pre = sorted(settable, key=lambda i: (board.sites[i].node not in root_nodes
+                                          and board.sites[i].tensor not in root_tensors, -local[i]))
+    chosen_first = pre if few else pre[:MEASURED_SITES]
+    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline, both_ways=few, only=chosen_first)
+    if measured < len(chosen_first):
+        cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(chosen_first)} sites")
+    done = {r.site.index for r in ranking}
+    rest = [i for i in pre if i not in done]
+    candidates = [r.site.index for r in ranking] + rest
+    rows = [{**r.as_json(), "local_error": local[r.site.index]} for r in ranking] + [
+        {"node": board.sites[i].node, "site": board.sites[i].tensor, "kind": board.sites[i].kind,
+         "metric": "local rmse", "score": local[i], "alone": None, "left_float": None, "raised": None,
+         "local_error": local[i]} for i in rest]
+    found, level = None, INT16
+    for level in levels:
+        found = minimal_search(candidates, gates.predicate(level), deadline=deadline)
+        if found.cut:
+            cut.append(f"remedy time spent: set search stopped ({found.cut})")
+        if found.sites is not None or found.cut:
+            break
+    chosen = [board.sites[i] for i in sorted(found.sites or ())]
+    curve = [{"k": len(sites), "level": _LEVEL_NAMES[lv], "sites": sorted(board.sites[i].tensor for i in sites),
+              "passes": v.passes, "margin": v.margin, "first_diverging_layer": v.first_diverging_layer,
+              "outputs_cos": v.outputs_cos, "outputs_rmse": v.outputs_rmse}
+             for (sites, lv), v in gates.verdicts.items()]
+    account = {"samples": len(samples_used), "sites": len(board.sites), "ranked": measured,
+               "evaluations": found.evaluations, "runs": board.runs, "inference_seconds": round(board.seconds, 3),
+               "seconds": round(time.perf_counter() - t0, 3), "level": _LEVEL_NAMES[level],
+               "chosen": [{"node": x.node, "site": x.tensor, "kind": x.kind} for x in chosen],
+               "found": found.sites is not None, "cut": cut, "curve": curve}
+    if not chosen:
+        return Mixed(tuple(rows), None, None, account)
+    knobs = [_site_knob(x, level, _setting_node(float_full, x)) for x in chosen]
+    label = f"mixed precision: {' + '.join(k.label for k in knobs)}" if len(knobs) <= 4 else (
+        f"mixed precision: {len(knobs)} sites {'in float' if level == FLOAT else 'at 16 bits'} "
+        f"({sum(x.kind == 'activation' for x in chosen)} activations, {sum(x.kind == 'weight' for x in chosen)} "
+        f"weights; first {', '.join(k.node for k in knobs[:3])})")
+    return Mixed(tuple(rows), _patch(trial.mspec.quantization, knobs), label, account)
+
+
+_LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
+FULL_SENSITIVITY_SITES = 64  # up to this many sites, measure every one, also left in float and raised (3 runs)
+MEASURED_SITES = 48  # beyond: the sites with the largest own quantization error are measured alone
+
+
+def _setting_node(float_model: onnx.ModelProto, x: QuantSite) -> str:
+    """Where a site's 16-bit setting goes: its node, except that the output of a Relu/Clip the quantizer folds
+    into its producer (the producer's only consumer) is set on that producer, as people write it (convert/
+    quantize.py's overrides follow the fold)."""
+    if x.kind != "activation":
+        return x.node
+    made = {t: n for n in float_model.graph.node for t in n.output}
+    users = consumers(float_model)
+    node = next((n for n in float_model.graph.node if n.name == x.node), None)
+    if node is None or node.op_type not in ("Relu", "Clip") or node.input[0] not in made:
+        return x.node
+    return made[node.input[0]].name if len(users.get(node.input[0], [])) == 1 else x.node
+
+
+def _site_knob(x: QuantSite, level: int, node: str) -> _Knob:
+    """A site's precision as a spec setting on ``node``: its weights or output activations at 16 bits, or the
+    node (a weight's consumer, an activation's producer) left in float."""
+    if level == FLOAT:
+        return _Knob(f"{x.node} in float", x.node, "exclude", 0.0)
+    field = "weights" if x.kind == "weight" else "activations"
+    return _Knob(f"16-bit {field} of {node}", node, field, 0.0)
+
+
+def _default_outputs(fixed: Comparison, outputs: list[str]) -> tuple[float | None, float | None]:
+    outs = [r for r in fixed.layers if r.summary is not None and r.layer.tensor in outputs]
+    return min((r.summary["cos"] for r in outs), default=None), max((r.summary["rmse"] for r in outs), default=None)
+
+
+def harmful(a: Attempt, cos: float | None, rmse: float | None) -> bool:
+    """The attempt's outputs are clearly worse than the default conversion's: 1 - cos or the relative rmse
+    grows by more than 5% (and 1e-4), so measurement noise of an equivalent conversion is not called harm."""
+    if a.outputs_cos is None or a.outputs_rmse is None or cos is None or rmse is None:
+        return False
+    return (1.0 - a.outputs_cos) > (1.0 - cos) * 1.05 + 1e-4 or a.outputs_rmse > rmse * 1.05 + 1e-4
+
+
+class _Costs:
+    """MAC/parameter shares and measured latency of attempts' deployable models, int8 and float measured once."""
+
+    def __init__(self, trial: _Trial) -> None:
+        art = trial.art
+        sample = next(iter(trial.evals))
+        self.threads, self.sample = trial.threads, sample
+        self.nodes = node_costs(trial.float_model, {k: v.shape for k, v in sample.items()})
+        self.int8_ms = latency_ms(art.fixed_model, sample, LATENCY_RUNS, trial.threads)
+        self.float_ms = latency_ms(art.float_model, sample, LATENCY_RUNS, trial.threads)
+
+    def of(self, model: str) -> dict:
+        path = Path(model)
+        bits = precisions(onnx.load(str(path), load_external_data=False))
+        lat = Latency(latency_ms(path, self.sample, LATENCY_RUNS, self.threads), self.int8_ms, self.float_ms)
+        return cost_json(shares_of(self.nodes, bits), lat)
+
+
+LATENCY_RUNS = 10  # median of this many batch-1 runs per model (after warm-up)
+
+
+def by_cost(passing: list[Attempt]) -> list[Attempt]:
+    """Passing attempts, cheapest deployment first: measured latency, except that latencies within timing noise
+    of the fastest (10% + 0.05 ms) count as equal, and among those more MACs left at 8 bits wins (what an
+    int8-only accelerator needs); unmeasured attempts last."""
+    def lat(a: Attempt) -> float:
+        return (a.cost or {}).get("latency_ms", float("inf"))
+
+    def int8_share(a: Attempt) -> float:
+        return (a.cost or {}).get("shares", {}).get("macs_8", 0.0)
+
+    fastest = min((lat(a) for a in passing), default=float("inf"))
+    near = [a for a in passing if lat(a) <= fastest * 1.1 + 0.05]
+    rest = [a for a in passing if a not in near]
+    return sorted(near, key=lambda a: (-int8_share(a), lat(a))) + sorted(rest, key=lat)
+
+
+def _cost_line(c: dict) -> str:
+    sh = c["shares"]
+    slow = "; slower than float" if c.get("slower_than_float") else ""
+    return (f"MACs {sh['macs_8']:.1%} int8 / {sh['macs_16']:.1%} int16 / {sh['macs_float']:.1%} float; "
+            f"{c['latency_ms']:.3g} ms vs int8 {c['latency_int8_ms']:.3g} ms, float {c['latency_float_ms']:.3g} ms"
+            f"{slow}")
+
+
+def search_line(d: Diagnosis) -> str:
+    """The summary's one line about the remedy search: what it found, what it cost, what was cut or harmful."""
+    s = d.search or {}
+    picked = list(s.get("chosen", ()))
+    chosen = ", ".join(f"{x['site']} ({x['kind']})" for x in picked[:4]) + (
+        f" (+{len(picked) - 4} more)" if len(picked) > 4 else "") if picked else "none"
+    parts = [f"remedy search: {s.get('ranked', 0)}/{s.get('sites', 0)} sites ranked on {s.get('samples', 0)} "
+             f"samples, {s.get('evaluations', 0)} set evaluations; {s.get('level', 'int16')} set: {chosen}"
+             + ("" if s.get("verified", True) else " (failed verification)"),
+             f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('seconds', 0.0):.1f} s, re-conversions "
+             f"{s.get('attempts_seconds', 0.0):.1f} s)"]
+    if d.cost and "latency_ms" in d.cost:
+        parts.append(f"offered: {_cost_line(d.cost)}")
+    harm = [a.label for a in d.attempts if a.harmful]
+    if harm:
+        parts.append(f"harmful: {', '.join(harm)}")
+    if s.get("cut"):
+        parts.append("cut: " + "; ".join(s["cut"]))
+    if s.get("cache") == "reused":
+        parts.append("cached (no inference)")
+    return "; ".join(parts)
+
+
+def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: float | None) -> str:
+    """What deepen's output depends on: the converted models, the spec entry (data, settings, thresholds,
+    known_bad), the measured comparison and the search settings."""
+    art = result.artifacts
+    fixed = result.comparison("float", "fixed")
+    measured = [(r.layer.tensor, r.status, r.summary.mean if r.summary else None) for r in fixed.layers]
+    m = result.spec
+    return digest(__version__, json.dumps(read_manifest(art.workdir), sort_keys=True, default=str),
+                  json.dumps(asdict(m), sort_keys=True, default=str),
+                  data_key(m.evaluation.path, art.workdir), data_key(m.calibration.path, art.workdir),
+                  json.dumps(measured, sort_keys=True, default=str), str(attempts), str(samples), str(remedy_time))
+
+
+_STORED = "remedies.json"  # beside results.json in the model's work folder
+
+
+_ADDED = ("why", "todo", "stats", "remedy", "remedy_result", "attempts", "sensitivity", "search", "cost")
+
+
+def _stored(result: ModelResult, key: str, base: Diagnosis) -> Diagnosis | None:
+    """``base`` (this run's diagnosis) with what deepen added in a previous run with the same key (None: none,
+    another key, unreadable)."""
+    try:
+        stored = json.loads((result.artifacts.workdir / _STORED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    try:
+        d = stored["added"]
+        return replace(base, why=tuple(d["why"]), todo=tuple(d["todo"]),
+                       stats=tuple(TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in x.items()})
+                                   for x in d["stats"]),
+                       remedy=d["remedy"], remedy_result=d["remedy_result"],
+                       attempts=tuple(Attempt(**a) for a in d["attempts"]), sensitivity=tuple(d["sensitivity"]),
+                       search=None if d["search"] is None else {**d["search"], "cache": "reused"}, cost=d["cost"])
+    except (KeyError, TypeError):
+        return None
+
+
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
            memory_budget: int | None = None, prepared: PreparedModel | None = None,
-           progress: Progress | None = None) -> ModelResult:
+           progress: Progress | None = None, samples: int = DEFAULT_SAMPLES, remedy_time: float | None = None,
+           use_cache: bool = True) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
-    Statistics cost one short float pass over a few tensors; remedies cost one conversion and one float-vs-fixed
-    evaluation per attempt, so they run only when a layer fails (not when it is xfailed) and at most
-    ``attempts`` times (0: none). ``progress`` is told when each attempt starts and ends.
+    Statistics cost one short float pass over a few tensors. For a failing model (a layer fails, not xfails)
+    the mixed-precision search ranks every site and finds a small set on the first ``samples`` evaluation
+    samples, then verifies its spec patch with one real re-conversion on all of them; whole-model settings
+    are tried when that does not pass (at most ``attempts`` re-conversions in all; 0: no remedies). Passing
+    remedies are ranked by measured deployment cost. ``remedy_time`` (seconds) bounds the search. With
+    ``use_cache`` the output is stored in the model's work folder and reused while nothing it depends on
+    changed, so a warm re-run runs no inference. ``progress`` is told when each phase starts and ends.
     """
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
         return result
+    attempts = attempts if any(r.status == FAILED for r in fixed.layers) else 0  # xfailed only: statistics
+    key = search_key(result, attempts, samples, remedy_time) if use_cache else None
+    new = _stored(result, key, fixed.diagnosis) if key else None
+    if new is None:
+        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time, progress)
+        if new is not None and key:
+            write_text(result.artifacts.workdir / _STORED,
+                       json.dumps({"key": key, "added": {k: v for k, v in asdict(new).items() if k in _ADDED}},
+                                  default=str))  # the patch's key order kept
+    if new is None:
+        return result
+    comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
+    return replace(result, comparisons=comps)
+
+
+def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int, memory_budget: int | None,
+            prepared: PreparedModel | None, samples: int, remedy_time: float | None,
+            progress: Progress | None) -> Diagnosis | None:
+    t_start = time.monotonic()
+    deadline = None if remedy_time is None else t_start + remedy_time
     d: Diagnosis = fixed.diagnosis
     float_model = onnx.load(str(result.artifacts.float_model), load_external_data=False)
     fixed_model = onnx.load(str(result.artifacts.fixed_model), load_external_data=False)
@@ -278,17 +556,64 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         where = site(float_model, layers, d.layer)
         trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
     except (KeyError, QuantaccInputError):
-        return result
+        return None
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model, trial.calib)
     why = list(d.why)
     if where.shared:
         why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
                    f"and zero point): its precision is set on {where.producer}")
     why += explain(stats)
-    remedy, tried = None, ()
-    foreign = result.spec.quantized
-    if attempts > 0 and foreign is None and any(r.status == FAILED for r in fixed.layers):
-        remedy, tried = search(trial, d, where, stats, attempts, progress)
+    remedy, tried, mixed, cut = None, [], None, []
+    foreign = result.spec.quantized  # another tool's quantized model: nothing here can re-quantize it
+    if attempts > 0 and foreign is None:
+        roots = tuple(r.layer for r in d.roots)
+        with timed(progress, "remedy search: sensitivity and set search"):
+            mixed = mixed_precision(trial, layers, samples, deadline, roots)
+        cut += mixed.search["cut"]
+        if mixed.patch is not None:
+            with timed(progress, f"remedy: verifying {mixed.label}"):
+                a = trial.run(mixed.label, mixed.patch)
+            tried.append(a)
+            mixed.search["verified"] = a.passes
+            if not a.passes and mixed.search["level"] == "int16" and len(tried) < attempts and (
+                    deadline is None or time.monotonic() < deadline):
+                # The int16 set passed on the ranking samples only: a set left in float is the next candidate.
+                with timed(progress, "remedy search: a set left in float"):
+                    in_float = mixed_precision(trial, layers, samples, deadline, roots, (FLOAT,))
+                cut += in_float.search["cut"]
+                if in_float.patch is not None:
+                    with timed(progress, f"remedy: verifying {in_float.label}"):
+                        b = trial.run(in_float.label, in_float.patch)
+                    tried.append(b)
+                    in_float.search["verified"] = b.passes
+                    mixed = Mixed(mixed.sensitivity, in_float.patch, in_float.label,
+                                  {**in_float.search, "first": {k: mixed.search[k] for k in
+                                                                ("level", "chosen", "evaluations", "verified")}})
+                    a = b
+            q = trial.mspec.quantization
+            # A whole-model int8 setting is cheaper than any 16-bit set when it passes: worth one conversion
+            # when the set raises weights (what per-channel scales address).
+            if a.passes and not q.per_channel and len(tried) < attempts and any(
+                    x["kind"] == "weight" for x in mixed.search["chosen"]) and (
+                    deadline is None or time.monotonic() < deadline):
+                with timed(progress, "remedy: verifying per-channel weights"):
+                    tried.append(trial.run("per-channel weights", {"per_channel": True}))
+        passing = [a for a in tried if a.passes]
+        if not passing and len(tried) < attempts:
+            _, more = search(trial, d, where, stats, attempts - len(tried), deadline, cut, progress)
+            tried += more
+    t_cost = time.perf_counter()
+    if tried:
+        try:
+            costs = _Costs(trial)
+            tried = [replace(a, cost=costs.of(a.model)) if a.model else a for a in tried]
+        except Exception as exc:  # a model ORT cannot optimize still has a verdict; its latency is unknown
+            cut.append(f"latency not measured: {type(exc).__name__}: {str(exc).strip()[:200]}")
+    cost_seconds = time.perf_counter() - t_cost
+    base_cos, base_rmse = _default_outputs(fixed, trial.outputs)
+    tried = [replace(a, harmful=harmful(a, base_cos, base_rmse)) for a in tried]
+    passing = by_cost([a for a in tried if a.passes])
+    remedy = passing[0] if passing else None
     todo = [_site_aware(t, where) for t in d.todo]
     if foreign is not None:
         # Remedies are verified by re-quantizing with patched settings; the settings here are another tool's.
@@ -300,8 +625,11 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     best = remedy or max(tried, key=lambda a: -2.0 if a.outputs_cos is None else a.outputs_cos, default=None)
     if remedy is not None:
         # What was measured supersedes the generic hints.
-        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {remedy.outputs_cos:.4f}); "
+        cos = "-" if remedy.outputs_cos is None else f"{remedy.outputs_cos:.4f}"
+        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {cos}); "
                 f"paste into the model entry:\n" + _indent(patch_yaml(remedy.patch), 6)]
+        if remedy.cost and "latency_ms" in remedy.cost:
+            todo.append(f"cost: {_cost_line(remedy.cost)}")
         failed = [a.label for a in tried if not a.passes]
         if failed:
             todo.append(f"tried, not enough on its own: {'; '.join(failed)}")
@@ -309,11 +637,22 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
         todo.insert(0, f"none of the {len(tried)} remedies tried makes every layer pass; closest: {best.label} "
                        f"(first diverging layer {best.first_diverging_layer}, outputs cos "
                        f"{'-' if best.outputs_cos is None else f'{best.outputs_cos:.4f}'})")
-    new = replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
-                  remedy=remedy.patch if remedy else None,
-                  remedy_result=best.result_json() if best else None, attempts=tried)
-    comps = tuple(replace(c, diagnosis=new) if c is fixed else c for c in result.comparisons)
-    return replace(result, comparisons=comps)
+    harm = [a.label for a in tried if a.harmful]
+    if harm:
+        todo.append(f"harmful (outputs worse than the default conversion): {'; '.join(harm)}")
+    if cut:
+        todo.append("cut: " + "; ".join(cut))
+    account = None
+    if mixed is not None:
+        account = {**mixed.search, "cut": cut, "cache": "computed", "time_budget": remedy_time,
+                   "attempts_seconds": round(sum(a.seconds for a in tried), 3), "cost_seconds": round(cost_seconds, 3),
+                   "total_seconds": round(time.monotonic() - t_start, 3),
+                   "ranking": [a.label for a in passing]}
+    return replace(d, why=tuple(why), todo=tuple(todo), stats=stats,
+                   remedy=remedy.patch if remedy else None,
+                   remedy_result=best.result_json() if best else None, attempts=tuple(tried),
+                   sensitivity=mixed.sensitivity if mixed else (), search=account,
+                   cost={"label": remedy.label, **remedy.cost} if remedy and remedy.cost else None)
 
 
 _NAIVE = "raise the precision of the input activations"

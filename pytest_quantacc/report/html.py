@@ -302,12 +302,48 @@ def _diagnosis(comparison: Comparison) -> str:
             f'<td class="l"><span class="badge {"passed" if a.passes else "failed"}">'
             f'{"passes" if a.passes else "fails"}</span></td><td class="l">{_e(a.first_diverging_layer or "-")}</td>'
             f"<td>{fmt_num(a.layer_cos)}</td><td>{fmt_num(a.layer_rmse)}</td><td>{fmt_num(a.outputs_cos)}</td>"
-            f"<td>{a.seconds:.2f}</td></tr>" for a in d.attempts)
+            f"<td>{a.seconds:.2f}</td>{_cost_cells(a)}</tr>" for a in d.attempts)
         parts.append('<h3>Remedies tried</h3><table><tr><th class="l">remedy</th><th class="l">result</th>'
                      f'<th class="l">first diverging</th><th>{_e(d.layer)} cos</th><th>{_e(d.layer)} rmse</th>'
-                     f"<th>outputs cos</th><th>s</th></tr>{rows}</table>")
+                     f"<th>outputs cos</th><th>s</th><th>ms (int8 / float)</th><th>int8 MACs</th>"
+                     f'<th class="l">note</th></tr>{rows}</table>')
+    parts.append(_sensitivity(d))
     parts.append("</div>")
     return "".join(parts)
+
+
+def _cost_cells(a) -> str:
+    """Latency beside int8 and float, the MAC share left at int8, and the attempt's labels (harmful, slow)."""
+    c = a.cost or {}
+    notes = (["harmful"] if a.harmful else []) + (["slower than float"] if c.get("slower_than_float") else [])
+    lat = (f"{c['latency_ms']:.3g} ({c['latency_int8_ms']:.3g} / {c['latency_float_ms']:.3g})"
+           if "latency_ms" in c else "-")
+    share = f"{100 * c['shares']['macs_8']:.1f}%" if "shares" in c else "-"
+    return f'<td>{lat}</td><td>{share}</td><td class="l">{_e(", ".join(notes))}</td>'
+
+
+def _sensitivity(d) -> str:
+    """The most sensitive sites as horizontal bars (score relative to the largest) and the search's curve."""
+    rows = list(d.sensitivity[:12])
+    if not rows:
+        return ""
+    top = max(max(r["score"] for r in rows), 1e-12)
+    bars = "".join(
+        f'<tr><td class="l">{_e(r["site"])}</td><td class="l">{_e(r["kind"])}</td><td class="l">{_e(r["node"])}</td>'
+        f'<td>{fmt_num(r["score"])}</td><td class="l"><div style="background:#c0392b;height:0.8em;'
+        f'width:{max(0.0, r["score"]) / top * 200:.0f}px"></div></td></tr>' for r in rows)
+    out = [f'<h3>Sensitivity ({_e(rows[0]["metric"])}, quantized alone; most sensitive first)</h3>'
+           '<table><tr><th class="l">site</th><th class="l">kind</th><th class="l">node</th><th>score</th>'
+           f'<th class="l"></th></tr>{bars}</table>']
+    curve = (d.search or {}).get("curve", ())
+    if curve:
+        body = "".join(f'<tr class="{"" if c["passes"] else "row-failed"}"><td>{c["k"]}</td><td class="l">'
+                       f'{_e(c["level"])}</td><td>{fmt_num(c["margin"])}</td><td class="l">'
+                       f'{_e(c["first_diverging_layer"] or "-")}</td><td>{fmt_num(c["outputs_cos"])}</td></tr>'
+                       for c in curve)
+        out.append('<h3>Sets judged (k sites raised)</h3><table><tr><th>k</th><th class="l">level</th>'
+                   f'<th>gate margin</th><th class="l">first diverging</th><th>outputs cos</th></tr>{body}</table>')
+    return "".join(out)
 
 
 def _agreement(result: ModelResult) -> str:

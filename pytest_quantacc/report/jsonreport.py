@@ -125,7 +125,9 @@ def diagnosis_json(d) -> dict:
     """The remedy keys of a diagnosis (docs/CONTRACT.md, "Diagnosis and verified remedies")."""
     return {"remedy": d.remedy, "remedy_result": finite_tree(d.remedy_result),
             "remedy_attempts": [finite_tree(a.as_json()) for a in d.attempts],
-            "root_cause": [finite_tree(s.as_json()) for s in d.stats]}
+            "root_cause": [finite_tree(s.as_json()) for s in d.stats],
+            "sensitivity": [finite_tree(s) for s in d.sensitivity], "search": finite_tree(d.search),
+            "cost": finite_tree(d.cost)}
 
 def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None) -> dict:
     """``report.model_json`` plus ``accuracy``, ``baseline`` and ``cache``; status includes both gates."""

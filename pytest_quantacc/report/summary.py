@@ -8,6 +8,7 @@ import json
 from ..engine.diagnose import inherited_note
 from ..engine.judge import model_verdict
 from ..engine.results import BaselineCheck, Evaluated, ModelResult, Status
+from ..remedy.search import search_line
 from .numbers import fmt_num
 
 
@@ -60,6 +61,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
             if c.diagnosis.remedy is not None:
                 lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
+            if c.diagnosis.search is not None:
+                lines.append(f"    {search_line(c.diagnosis)}")
             for t in c.diagnosis.todo:  # printed here only, not on each failing layer
                 lines += [f"    what to do: {t}".splitlines()[0], *t.splitlines()[1:]]
     if result.agreement is not None and result.agreement.worst is not None:

@@ -95,7 +95,8 @@ def _diagnosis(diag: dict) -> Diagnosis:
                      tuple(diag["contributors"]), tuple(Root(**x) for x in diag["roots"]),
                      tuple(Drop(**x) for x in diag["drops"]), stats=tuple(stats(s) for s in diag.get("stats", ())),
                      remedy=diag.get("remedy"), remedy_result=diag.get("remedy_result"),
-                     attempts=tuple(Attempt(**a) for a in diag.get("attempts", ())))
+                     attempts=tuple(Attempt(**a) for a in diag.get("attempts", ())),
+                     sensitivity=tuple(diag.get("sensitivity", ())), search=diag.get("search"), cost=diag.get("cost"))
 
 
 def _comparison_dict(c: Comparison) -> dict:
