@@ -382,9 +382,10 @@ def run_child_main(args) -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     elif args.child == "b":
-        import pytest_quantacc  # noqa: F401
         import onnxruntime  # noqa: F401
         import onnxruntime.quantization  # noqa: F401
+
+        import pytest_quantacc  # noqa: F401
     else:
         import onnxruntime.quantization.qdq_loss_debug  # noqa: F401
     base_rss = _rss_now_mb()

@@ -64,8 +64,8 @@ def per_sample_bytes(spec: Path, base: Path) -> int:
     assert result.error is None, result.error
     f = onnx.load(str(result.artifacts.float_model), load_external_data=False)
     q = onnx.load(str(result.artifacts.fixed_model), load_external_data=False)
-    from pytest_quantacc.samples import load_samples
     from pytest_quantacc.graph.structure import input_infos
+    from pytest_quantacc.samples import load_samples
 
     evals = load_samples(mspec.evaluation.path, None, input_infos(f), spec, "evaluation.data")
     return plan_passes(f, match_layers(f, q), evals, set(mspec.modes), 1, 2).per_sample

@@ -73,8 +73,8 @@ def timed(spec: Path, work: Path, *extra: str) -> float:
 def engine(spec: Path, work: Path) -> tuple[float, float, str]:
     """In-process ``evaluate_cached`` of every model, cold then warm (no pytest, no interpreter start-up)."""
     sys.path.insert(0, str(ROOT))
-    from pytest_quantacc.store.cache import evaluate_cached
     from pytest_quantacc.spec.parse import load_spec
+    from pytest_quantacc.store.cache import evaluate_cached
 
     times, how = [], ""
     for _ in range(2):

@@ -114,10 +114,9 @@ def metrics_f32(f, q, chunk: int = 1 << 16):
 
 def child(args) -> None:
     feats = FEATURES[args.variant]
-    import threading
     import collections
+    import threading
 
-    import numpy as np
     import onnxruntime as ort
 
     import pytest_quantacc

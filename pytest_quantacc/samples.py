@@ -16,10 +16,6 @@ import numpy as np
 
 from .errors import QuantaccInputError
 
-
-
-
-
 Sample = dict[str, np.ndarray]
 
 
@@ -136,7 +132,8 @@ def _stored_member(path: Path, info: zipfile.ZipInfo) -> Rows | None:
         local = f.read(30)
         if len(local) != 30 or local[:4] != b"PK\x03\x04":
             return None
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                 + int.from_bytes(local[28:30], "little"))
         f.seek(start)
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -288,7 +285,8 @@ def _check_array(arr: Rows, info: InputInfo, file: Path, fail, fed: int | None =
                 kind = "NaN" if np.isnan(row).any() else "Inf"
                 raise fail(f"{where} contains {kind} (first in sample {i}); calibration and metrics need finite data")
     elif np.issubdtype(info.dtype, np.integer) or info.dtype == np.bool_:
-        if arr.dtype != info.dtype and not (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(info.dtype, np.integer)):
+        if arr.dtype != info.dtype and not (np.issubdtype(arr.dtype, np.integer)
+                                            and np.issubdtype(info.dtype, np.integer)):
             raise fail(f"{where} has dtype {arr.dtype}, but the model input is {info.dtype}")
         if arr.dtype != info.dtype:
             for i in range(min(len(arr), fed) if fed is not None else len(arr)):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 import zoo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -179,8 +179,10 @@ def classifier_topk(dest: Path, n_classes: int = 10) -> CorpusModel:
         mk("TopK", ["logits", "k"], ["top_scores", "top_ids"], name="topk", axis=1),
     ]
     graph = helper.make_graph(nodes, "classifier_topk", [_vi("x", TensorProto.FLOAT, ["n", 3, 12, 12])],
-                              [_vi("logits", TensorProto.FLOAT, ["n", n_classes]), _vi("label", TensorProto.INT64, ["n"]),
-                               _vi("top_scores", TensorProto.FLOAT, ["n", 3]), _vi("top_ids", TensorProto.INT64, ["n", 3])],
+                              [_vi("logits", TensorProto.FLOAT, ["n", n_classes]),
+                               _vi("label", TensorProto.INT64, ["n"]),
+                               _vi("top_scores", TensorProto.FLOAT, ["n", 3]),
+                               _vi("top_ids", TensorProto.INT64, ["n", 3])],
                               initializer=inits)
     return _write(dest, "classifier_topk", graph, {"x": _images(114, N_CALIB + N_EVAL, 3, 12)},
                   "float logits and TopK scores beside int64 ArgMax and TopK indices")
@@ -323,7 +325,8 @@ def masked_attention(dest: Path, s: int = 8, d: int = 16) -> CorpusModel:
         mk("MatMul", ["probs", "v"], ["y"], name="attn_v"),
     ]
     graph = helper.make_graph(nodes, "masked_attention",
-                              [_vi("x", TensorProto.FLOAT, [1, s, d]), _vi("attention_mask", TensorProto.INT64, [1, s])],
+                              [_vi("x", TensorProto.FLOAT, [1, s, d]),
+                               _vi("attention_mask", TensorProto.INT64, [1, s])],
                               [_vi("y", TensorProto.FLOAT, [1, s, d])], initializer=inits)
     n = N_CALIB + N_EVAL
     drng = np.random.default_rng(122)

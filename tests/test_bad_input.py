@@ -8,17 +8,17 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
-
 # pytester's in-process runs drop every module first imported during the run; import the heavy ones here
 # so that each run does not import (and assertion-rewrite) them again
 import hypothesis  # noqa: F401  (its pytest plugin loads in the inner runs)
+import numpy as np
 import onnxruntime  # noqa: F401
+import pytest
+import yaml
+import zoo
+
 import pytest_quantacc.engine.run  # noqa: F401
 import pytest_quantacc.plugin.nodes  # noqa: F401
-import zoo
 
 SPEC = "spec.yaml"
 

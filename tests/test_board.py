@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import foreign_models as fm
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import write_spec
 
-import foreign_models as fm
+from conftest import write_spec
 from pytest_quantacc.engine.run import evaluate_model
 from pytest_quantacc.graph.match import match_layers
 from pytest_quantacc.spec.parse import load_spec

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import numpy as np
 import onnx
 import pytest
-from conftest import write_spec, zoo_entry
 
+from conftest import write_spec, zoo_entry
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.engine.passes import parse_size, plan, tensor_bytes
-from pytest_quantacc.samples import load_samples
-from pytest_quantacc.graph.structure import input_infos, prune
 from pytest_quantacc.engine.runner import Runner
+from pytest_quantacc.graph.structure import input_infos, prune
+from pytest_quantacc.samples import load_samples
 
 
 @pytest.mark.parametrize("text, expected", [("4GB", 4 * 1000 ** 3), ("512MiB", 512 << 20), ("2g", 2 << 30),

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from conftest import EXAMPLE, ROOT
 
 COUNTING_METRIC = textwrap.dedent('''
@@ -33,7 +34,8 @@ COUNTING_METRIC = textwrap.dedent('''
 
 
 def _with_accuracy(text: str, metric: str = "count.py:top1", max_drop: float = 0.01) -> str:
-    text = text.replace("      data: data/eval.npz\n", "      data: data/eval.npz\n      labels: data/eval_labels.npy\n", 1)
+    text = text.replace("      data: data/eval.npz\n",
+                        "      data: data/eval.npz\n      labels: data/eval_labels.npy\n", 1)
     text = "\n".join(line for line in text.splitlines() if "labels: data/eval_labels.npy   #" not in line
                      and not line.strip().startswith("accuracy:")) + "\n"
     return text + f"    accuracy: {{max_drop: {max_drop}, metric: \"{metric}\"}}\n"
@@ -294,8 +296,10 @@ def test_outlier_accuracy_collapses(project):
 def test_accuracy_input_errors_name_the_key(project):
     base = (project.path / "quantacc.yaml").read_text()
     base = base[base.index("  - name:"):base.index("    accuracy:")]
-    cases = {"no_labels": ("    accuracy: {max_drop: 0.01}", "models[0].accuracy", "needs labels: add evaluation.labels"),
-             "no_function": ("    accuracy: {max_drop: 0.01, metric: \"count.py:nothing\"}", "models[1].accuracy.metric",
+    cases = {"no_labels": ("    accuracy: {max_drop: 0.01}", "models[0].accuracy",
+                           "needs labels: add evaluation.labels"),
+             "no_function": ("    accuracy: {max_drop: 0.01, metric: \"count.py:nothing\"}",
+                             "models[1].accuracy.metric",
                              "defines no function nothing"),
              "not_a_metric": ("    accuracy: {max_drop: 0.01, metric: \"count\"}", "models[2].accuracy.metric",
                               "expected top1 or"),

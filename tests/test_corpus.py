@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import hashlib
 
+import corpus
 import numpy as np
 import onnx
 import pytest
-from conftest import write_spec
-
-import corpus
 import zoo
+
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
 
 
@@ -185,10 +185,10 @@ def test_corpus_models_are_reproducible(tmp_path):
 def test_per_channel_on_an_old_opset_that_cannot_be_upgraded_is_refused(tmp_path, models):
     """When onnx's converter cannot lift a model to opset 13, per-channel is refused before the quantizer
     writes a model that does not load (the check itself, on the user's opset-11 graph)."""
-    from pytest_quantacc.samples import load_samples
-    from pytest_quantacc.errors import QuantaccInputError
     from pytest_quantacc.convert.hardening import check_quantizable
+    from pytest_quantacc.errors import QuantaccInputError
     from pytest_quantacc.graph.structure import input_infos
+    from pytest_quantacc.samples import load_samples
 
     cm = models["opset11_cnn"]
     entry = {"name": "op11", "model": str(cm.model), "calibration": {"data": str(cm.calib)},

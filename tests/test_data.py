@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_quantacc.samples import InputInfo, Samples, load_samples
 from pytest_quantacc.errors import QuantaccInputError
+from pytest_quantacc.samples import InputInfo, Samples, load_samples
 
 KEY = "models[0].calibration.data"
 F32 = np.dtype(np.float32)

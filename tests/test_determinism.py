@@ -8,11 +8,11 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-import pytest
-from conftest import write_spec
-
 import corpus
 import onnxruntime  # noqa: F401  (imported once here rather than in every pytester run)
+import pytest
+
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.report.junit import junit_properties
 
@@ -77,7 +77,8 @@ def test_bit_identical_in_xdist_workers(pytester, tmp_path, monkeypatch):
 def test_metrics_do_not_depend_on_blas_threads(tmp_path):
     """The metric sums avoid BLAS, whose thread count (set per machine) changes the order of summation."""
     script = ("import numpy as np; from pytest_quantacc.engine.metrics import tensor_metrics; "
-              "r = np.random.default_rng(0); f = r.standard_normal(300_001); q = f + r.standard_normal(300_001) * 1e-2; "
+              "r = np.random.default_rng(0); f = r.standard_normal(300_001); "
+              "q = f + r.standard_normal(300_001) * 1e-2; "
               "print(repr(sorted(tensor_metrics(f, q).items())))")
     outs = []
     for threads in ("1", "2", "8"):

@@ -14,13 +14,13 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import EXAMPLE, write_spec, zoo_entry
 
+from conftest import EXAMPLE, write_spec, zoo_entry
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.graph.match import Layer, QParams
-from pytest_quantacc.remedy.search import _apply, deepen
 from pytest_quantacc.remedy.fixfile import patch_yaml, write_fix
 from pytest_quantacc.remedy.rootcause import activation_stats, site
+from pytest_quantacc.remedy.search import _apply, deepen
 
 _GLOBAL_KEYS = {"per_channel", "method", "activations", "weights"}
 

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import EXAMPLE, write_spec
 from onnx import helper
 
+from conftest import EXAMPLE, write_spec
 from pytest_quantacc.engine.run import evaluate_model
 from pytest_quantacc.report.jsonreport import model_json
 from pytest_quantacc.spec.parse import load_spec
@@ -236,7 +236,8 @@ def command_entry(command, **cfg) -> dict:
 
 def test_command_backend_runs_a_real_subprocess(tmp_path):
     script = str(EXAMPLE / "make_dumps.py")
-    cmd = ["{python}", script, "--model", "{model}", "--calib", "{calibration}", "--inputs", "{inputs}", "--out", "{out}"]
+    cmd = ["{python}", script, "--model", "{model}", "--calib", "{calibration}", "--inputs", "{inputs}",
+           "--out", "{out}"]
     result = evaluate(tmp_path, command_entry(cmd, timeout=120))
     assert result.error is None and result.status == "passed"
     assert result.command.returncode == 0 and "dumped 7 tensors x 4 samples" in result.command.stdout

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import write_spec, zoo_entry
-
 import zoo
+
+from conftest import write_spec, zoo_entry
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.engine.runner import Runner
 

@@ -1,15 +1,14 @@
 """Matching a float model to QDQ models laid out by other tools (tests/foreign_models.py), and the detector."""
 from __future__ import annotations
 
+import foreign_models as fm
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-import foreign_models as fm
 from pytest_quantacc.engine.metrics import tensor_metrics
 from pytest_quantacc.graph.foreign import dequantize, match_foreign, quantization_kind
-
 
 FOLDED = "BatchNormalization 'bn1' folded in"
 

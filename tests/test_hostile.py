@@ -30,18 +30,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnx
-import pytest
-import yaml
-from onnx import TensorProto, helper, numpy_helper
-
 # pytester's in-process runs drop every module first imported during the run; import the heavy ones here
 import hypothesis  # noqa: F401  (its pytest plugin loads in the inner runs)
+import numpy as np
+import onnx
 import onnxruntime  # noqa: F401
-import pytest_quantacc.plugin.nodes  # noqa: F401
-import pytest_quantacc.engine.run  # noqa: F401
+import pytest
+import yaml
 import zoo
+from onnx import TensorProto, helper, numpy_helper
+
+import pytest_quantacc.engine.run  # noqa: F401
+import pytest_quantacc.plugin.nodes  # noqa: F401
 
 SPEC = "spec.yaml"
 N_CALIB, N_EVAL = 16, 8

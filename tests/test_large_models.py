@@ -12,18 +12,18 @@ import shutil
 import warnings
 from pathlib import Path
 
+import corpus
 import numpy as np
 import onnx
 import pytest
-from conftest import write_spec
+import zoo
 from onnx import helper
 
-import corpus
-import zoo
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.store.cache import QuantaccCacheWarning, evaluate_cached
 from pytest_quantacc.graph.extdata import INLINE_BYTES
 from pytest_quantacc.remedy.search import deepen
+from pytest_quantacc.store.cache import QuantaccCacheWarning, evaluate_cached
 
 CHANNELS = [3, 96, 96, 96, 96]
 HW = 8

@@ -4,13 +4,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import foreign_models as fm
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-import foreign_models as fm
 
 from pytest_quantacc.convert.ort_options import BY_NAME, OPTIONS, validate_extra_options
 

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import EXAMPLE, write_spec
 
+from conftest import EXAMPLE, write_spec
 from pytest_quantacc.convert.prepare import model_inputs, prepare_float
-from pytest_quantacc.samples import load_samples
 from pytest_quantacc.engine.pipeline_check import check_pipeline
+from pytest_quantacc.samples import load_samples
 from pytest_quantacc.spec.parse import load_spec
 
 PIPE = EXAMPLE / "pipeline"
@@ -76,12 +76,15 @@ def test_folded_nchw_float_input_with_scale(tmp_path):
 HOOKS = {
     "ok": "return nchw(frame[..., ::-1]) ",
     "normalisation applied twice": "return norm(norm(nchw(frame[..., ::-1]), raw=False), raw=False)",
-    "normalisation not applied (raw pixels fed)": "return np.transpose(frame[..., ::-1], (0, 3, 1, 2)).astype(np.float32)",
+    "normalisation not applied (raw pixels fed)": (
+        "return np.transpose(frame[..., ::-1], (0, 3, 1, 2)).astype(np.float32)"),
     "RGB/BGR channel order swapped": "return nchw(frame)",
     "NCHW/NHWC layout swapped (buffer reshaped, not transposed)": "return norm(frame[..., ::-1].reshape(1, 3, 8, 8))",
     "mean and std swapped": "return (np.transpose(frame[..., ::-1], (0, 3, 1, 2)) - STD) / MEAN",
-    "pixels scaled to 0..1 (divided by 255) before normalisation": "return norm(np.transpose(frame[..., ::-1], (0, 3, 1, 2)) / 255.0)",
-    "pixels scaled by 255 (0..1 data treated as 0..255)": "return norm(np.transpose(frame[..., ::-1], (0, 3, 1, 2)) * 255.0)",
+    "pixels scaled to 0..1 (divided by 255) before normalisation": (
+        "return norm(np.transpose(frame[..., ::-1], (0, 3, 1, 2)) / 255.0)"),
+    "pixels scaled by 255 (0..1 data treated as 0..255)": (
+        "return norm(np.transpose(frame[..., ::-1], (0, 3, 1, 2)) * 255.0)"),
 }
 
 
@@ -138,7 +141,8 @@ def test_pipeline_spec_errors(tmp_path, preprocess, modes, expected):
 @pytest.mark.parametrize("preprocess, hook, expected", [
     ({"mean": [1, 2]}, None, "models[0].preprocess: mean has 2 values, but input image has 3 channels"),
     (PREPROCESS, "def bad(frame):\n    raise ValueError('no camera')", "bad raised on sample 0: ValueError: no camera"),
-    (PREPROCESS, "def bad(frame):\n    return frame", "the original model rejects what bad returned (shape [1, 8, 8, 3])"),
+    (PREPROCESS, "def bad(frame):\n    return frame",
+     "the original model rejects what bad returned (shape [1, 8, 8, 3])"),
     (PREPROCESS, "syntax error here", "cannot import hook.py: SyntaxError"),
 ])
 def test_pipeline_input_problems_fail_the_model(tmp_path, preprocess, hook, expected):
@@ -178,7 +182,8 @@ def test_plugin_pipeline_example_and_the_planted_bgr_swap(pytester):
     assert again.parseoutcomes() == outcomes
     pytest.importorskip("xdist")  # results travel from the workers with their pipeline check
     workers = pytester.runpytest("--quantacc", "quantacc_pipeline.yaml", "pipeline/bgr_swap.yaml", "-p", "no:randomly",
-                                 "--quantacc-workdir", str(pytester.path / "w"), "--quantacc-report", "x.json", "-n", "2")
+                                 "--quantacc-workdir", str(pytester.path / "w"), "--quantacc-report", "x.json",
+                                 "-n", "2")
     assert workers.parseoutcomes() == outcomes
     assert {m["name"]: m["pipeline"] for m in json.loads((pytester.path / "x.json").read_text())["models"]} == {
         name: m["pipeline"] for name, m in models.items()}

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import onnx
 import pytest
 import yaml
+
 from conftest import EXAMPLE, write_spec, zoo_entry
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import write_spec
-
 import zoo
+
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
 
 WORDS = ["quantize", "ONNX 2026", "layer by layer", "pytest", "Runtime", "int8 QDQ", "cos 0.99", "hello world"]

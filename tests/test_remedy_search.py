@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 import yaml
-from conftest import write_spec
-
 from planted_remedies import chain_entry, input_spike_entry
+
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.remedy.search import _apply, deepen
 from pytest_quantacc.report.jsonreport import model_json

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from planted_remedies import gemm_chain
+
 from pytest_quantacc.remedy.minimal import output_predicate, search
 from pytest_quantacc.remedy.sensitivity import FLOAT, Switchboard, rank
 

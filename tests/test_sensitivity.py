@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from planted_remedies import gemm_chain
-from pytest_quantacc.remedy.sensitivity import (FLOAT, INT8, INT16, Switchboard, build, local_errors, rank,
-                                                wide_params)
+
 from pytest_quantacc.engine.runner import Runner
+from pytest_quantacc.remedy.sensitivity import FLOAT, INT8, INT16, Switchboard, build, local_errors, rank, wide_params
 
 
 @pytest.fixture(scope="module")

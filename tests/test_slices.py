@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from verdict_models import DET_BOXES, DET_CLASSES, detection_head
+from zoo import quantize_qdq
 
 from pytest_quantacc.engine.slices import ABS_FLOOR, REL_FLOOR, PartsAccumulator
 from pytest_quantacc.graph.parts import channel_axis, concat_slices
-from verdict_models import DET_BOXES, DET_CLASSES, detection_head
-from zoo import quantize_qdq
 
 
 def reference(samples: list[tuple[np.ndarray, np.ndarray]], axis: int, bounds: list[int]) -> list[dict]:

@@ -15,7 +15,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pytest_quantacc.errors import QuantaccInputError
-from pytest_quantacc.spec.model import KnownBad, LayerRule, ModelSpec, OfflineGate, Override, Quantization, Spec, Thresholds
+from pytest_quantacc.spec.model import (
+    KnownBad,
+    LayerRule,
+    ModelSpec,
+    OfflineGate,
+    Override,
+    Quantization,
+    Spec,
+    Thresholds,
+)
 from pytest_quantacc.spec.parse import load_spec
 
 FULL_SPEC = """\

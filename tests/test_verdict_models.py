@@ -7,11 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
+from verdict_models import VAR_SHAPES, ZP_LOW, deep_stack, dynamic_quantized, run_float, variable_shape, zero_point_clip
+from zoo import fake_quant_metrics, quantize_qdq
 
 from pytest_quantacc.graph.parts import channel_axis
-from verdict_models import (VAR_SHAPES, ZP_LOW, deep_stack, dynamic_quantized, run_float, variable_shape,
-                            zero_point_clip)
-from zoo import fake_quant_metrics, quantize_qdq
 
 
 def test_zero_point_rounding_clips_calibration_values(tmp_path):

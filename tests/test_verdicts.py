@@ -13,9 +13,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import write_spec
 from onnx import numpy_helper
+from verdict_models import (
+    DEEP_CULPRITS,
+    ZP_HIGH,
+    ZP_LOW,
+    deep_stack,
+    detection_head,
+    dynamic_quantized,
+    outlier_channel,
+    variable_shape,
+    zero_point_clip,
+)
 
+from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.convert.prepare import PreparedModel
 from pytest_quantacc.engine.accuracy import task_accuracy
@@ -26,8 +37,6 @@ from pytest_quantacc.remedy.rootcause import activation_stats, explain
 from pytest_quantacc.remedy.search import deepen
 from pytest_quantacc.spec.model import Override
 from pytest_quantacc.store.serialize import recheck, to_dict
-from verdict_models import (DEEP_CULPRITS, ZP_HIGH, ZP_LOW, deep_stack, detection_head, dynamic_quantized,
-                            outlier_channel, variable_shape, zero_point_clip)
 
 SCORE = 0.2  # a detection is kept when its class score reaches this
 
@@ -285,7 +294,8 @@ def test_plugin_reports_worst_slice_roots_and_the_gate(built, pytester):
                                 "out.xml", "-p", "no:randomly")
     out = result.stdout.str()
     assert "worst slice 1 (scores_flat, [4:10] on axis 1)" in out
-    assert "float vs offline: first diverging layer: head_concat; 1 failed; worst: head_concat slice 1 (scores_flat" in out
+    assert ("float vs offline: first diverging layer: head_concat; 1 failed; "
+            "worst: head_concat slice 1 (scores_flat") in out
     assert "diagnosis: gradual at conv10; roots (own error beyond thresholds): conv14, conv26" in out
     assert "24 of 26 failing layers inherit their error" in out and "gate: {layers: own}" in out
     report = {m["name"]: m for m in json.loads((pytester.path / "report.json").read_text())["models"]}

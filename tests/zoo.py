@@ -259,7 +259,8 @@ def weight_outlier_cnn(
     notes = (
         f"healthy_cnn where every output channel of conv{layer} has its centre tap on input "
         f"channel {dead} set to {factor:g} x max|W|; that input channel is always exactly 0 "
-        f"({'dead relu' + str(layer - 1) + ' channel (zero weights, bias -1)' if layer > 1 else 'zeroed input channel'}), "
+        f"({'dead relu' + str(layer - 1) + ' channel (zero weights, bias -1)' if layer > 1 else 'zeroed input channel'}"
+        "), "
         f"so float outputs are unaffected and all earlier layers are exact/healthy. Per-tensor "
         f"S8 weight scale = {factor:g}*max|W|/127 rounds the real weights of conv{layer} to "
         f"0/+-1 steps -> large error at the first observable output of conv{layer}, which is "

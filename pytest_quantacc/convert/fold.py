@@ -10,16 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantaccInputError
 from ..spec.preprocess import Preprocess
-
-
-
-
 
 _PREFIX = "preprocess/"
 

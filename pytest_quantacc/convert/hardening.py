@@ -22,10 +22,6 @@ from ..errors import QuantaccInputError
 from ..samples import Samples
 from ..spec.model import ModelSpec
 
-
-
-
-
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis attribute
 # Part of float.onnx's cache key: a float.onnx written before these rewrites (opset upgrade, inherited
 # names) must not be reused.

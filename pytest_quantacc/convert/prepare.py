@@ -6,11 +6,11 @@ quantizer sees, so it, not the user's file, is what every comparison uses as the
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
-
-import tempfile
 from pathlib import Path
+
 import onnx
 
 from ..files import save_model
@@ -21,9 +21,6 @@ from ..samples import InputInfo, Samples, load_samples
 from ..spec.model import ModelSpec
 from .hardening import inherit_names, upgrade_opset
 from .workdir import digest, model_key, read_manifest, workdir_for, write_manifest
-
-
-
 
 
 def quiet_ort():
@@ -38,7 +35,8 @@ def load_onnx(mspec: ModelSpec, load_external_data: bool = True) -> onnx.ModelPr
     try:
         return onnx.load(str(mspec.model), load_external_data=load_external_data)
     except Exception as exc:  # protobuf's DecodeError, OSError, ... all mean "not a readable ONNX file"
-        raise mspec.error("model", f"{mspec.model.name} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        raise mspec.error("model",
+                          f"{mspec.model.name} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def refuse_quantized(mspec: ModelSpec, user: onnx.ModelProto) -> None:

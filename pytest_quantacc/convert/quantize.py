@@ -20,6 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+
 import onnx
 
 from ..errors import QuantaccInputError
@@ -33,10 +34,6 @@ from .hardening import check_quantizable, explain_quantizer_failure, with_explan
 from .ort_options import BY_NAME, validate_extra_options
 from .prepare import external_options, first_line, quiet_ort
 from .workdir import Artifacts, data_key, digest, read_manifest, write_manifest
-
-
-
-
 
 _QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16", "int4": "QInt4",
                 "uint4": "QUInt4"}

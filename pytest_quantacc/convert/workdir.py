@@ -13,15 +13,13 @@ import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 import onnx
 
 from .. import __version__
 from ..files import read_json, write_json
 from ..spec.model import ModelSpec
 from .hardening import FLOAT_REWRITES
-
-
-
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ from .runner import Runner
 from .usercode import import_user_module
 
 
-
-
 def load_labels(mspec: ModelSpec, samples: int) -> np.ndarray:
     """The first ``samples`` labels (the evaluation ``limit`` applies to labels as to data)."""
     path = mspec.evaluation.labels
@@ -73,7 +71,8 @@ def _scorable(mspec: ModelSpec, name: str, outputs: list[np.ndarray], labels: np
         rows = o.size // o.shape[-1] if o.ndim and o.shape[-1] else 0
         if rows != np.size(y):
             shapes = sorted({tuple(x.shape) for x in outputs})
-            shown = ", ".join(str(list(x)) for x in shapes[:4]) + (f" and {len(shapes) - 4} more" if len(shapes) > 4 else "")
+            shown = ", ".join(str(list(x)) for x in shapes[:4]) + (
+                f" and {len(shapes) - 4} more" if len(shapes) > 4 else "")
             key = "evaluation.output" if mspec.evaluation.output is None else "evaluation.labels"
             raise mspec.error(key, f"output {name} cannot be scored by top1: sample {i} has shape {list(o.shape)} "
                                    f"({rows} rows of the last axis) for {np.size(y)} label(s); its shapes: {shown}. "

@@ -14,16 +14,14 @@ import onnx
 
 from ..graph.parts import QRANGE, value_source
 from ..graph.structure import producers
-from .results import Comparison, Diagnosis, Drop, LayerResult, Root
+from .results import FAILED, SKIPPED, Comparison, Diagnosis, Drop, LayerResult, Root
 from .slices import PartMetrics, PartsSummary
-
-
 
 _DROPS = 5  # single-step drops listed
 _MIN_DROP = 1e-3  # smaller steps are rounding noise, not a place to look
 
 
-def upstream(float_model: onnx.ModelProto, comparison: "Comparison", target: "LayerResult") -> list["LayerResult"]:
+def upstream(float_model: onnx.ModelProto, comparison: Comparison, target: LayerResult) -> list[LayerResult]:
     """The nearest compared layers feeding ``target`` (walking back through skipped/fused layers)."""
     return _feeders(float_model, comparison)(target)
 
@@ -45,7 +43,7 @@ def _feeders(float_model: onnx.ModelProto, comparison: Comparison):
                 continue
             seen.add(t)
             r = by_tensor.get(t)
-            if r is not None and r.summary is not None and r.status != "skipped":
+            if r is not None and r.summary is not None and r.status != SKIPPED:
                 out.append(r)
             elif t in prod:
                 stack.extend(i for i in prod[t].input if i)
@@ -58,7 +56,7 @@ def find_roots(comparison: Comparison) -> tuple[Root, ...]:
     """Every layer whose own error breaks its thresholds, in graph order (whole tensor or a part)."""
     out = []
     for r in comparison.layers:
-        if r.summary is None or r.status == "skipped" or not r.own_breaks:
+        if r.summary is None or r.status == SKIPPED or not r.own_breaks:
             continue
         part = None
         t = r.thresholds
@@ -77,7 +75,7 @@ def find_drops(float_model: onnx.ModelProto, comparison: Comparison, limit: int 
     feeding = _feeders(float_model, comparison)
     steps = []
     for r in comparison.layers:
-        if r.summary is None or r.status == "skipped":
+        if r.summary is None or r.status == SKIPPED:
             continue
         before = min((i.lowest_cos()[0] for i in feeding(r)), default=1.0)
         after, part = r.lowest_cos()
@@ -156,7 +154,7 @@ def _concat_todo(float_model: onnx.ModelProto, comparison: Comparison, r: LayerR
 
 def inherited_note(comparison: Comparison) -> str | None:
     """When most failing layers only carry error from upstream, say so and point to the own gate."""
-    failing = [r for r in comparison.layers if r.status == "failed" and r.gate == "accumulated" and r.own is not None]
+    failing = [r for r in comparison.layers if r.status == FAILED and r.gate == "accumulated" and r.own is not None]
     carried = [r for r in failing if not r.own_breaks]
     if len(failing) < 3 or 2 * len(carried) <= len(failing):
         return None
@@ -167,7 +165,7 @@ def inherited_note(comparison: Comparison) -> str | None:
             f"own error (model outputs stay on accumulated error)")
 
 
-def diagnose(float_model: onnx.ModelProto, comparison: "Comparison") -> Diagnosis | None:
+def diagnose(float_model: onnx.ModelProto, comparison: Comparison) -> Diagnosis | None:
     first = comparison.first_diverging
     if first is None or first.summary is None:
         return None
@@ -180,7 +178,8 @@ def diagnose(float_model: onnx.ModelProto, comparison: "Comparison") -> Diagnosi
         # No own error measured (dump backend): abrupt when the layer's inputs are within thresholds and the
         # largest step of the graph is at this layer.
         worst_in = max((r.summary["rmse"] for r in ins), default=0.0)
-        abrupt = (not any(r.diverges for r in ins) and first.summary["rmse"] > max(2.0 * worst_in, first.thresholds.rmse)
+        abrupt = (not any(r.diverges for r in ins)
+                  and first.summary["rmse"] > max(2.0 * worst_in, first.thresholds.rmse)
                   or bool(drops) and drops[0].layer == first.layer.name and not any(r.diverges for r in ins))
     kind = "abrupt" if abrupt else "gradual"
     why: list[str] = []
@@ -216,7 +215,8 @@ def diagnose(float_model: onnx.ModelProto, comparison: "Comparison") -> Diagnosi
         why += concat_levels(float_model, comparison, r)
     if abrupt:
         why.append("the error appears at this layer: " + ("its own quantized computation breaks the thresholds"
-                                                          if first.own is not None else "its inputs are within thresholds"))
+                                                          if first.own is not None
+                                                          else "its inputs are within thresholds"))
     else:
         why.append("error builds up over several layers: this layer's own error is within thresholds"
                    if first.own is not None else "error builds up over several layers")
@@ -339,7 +339,7 @@ def offline_hints(max_steps: int, activations: str, weights: str, reduce_range: 
                      f"the layers where the difference starts in float (quantization.exclude_nodes)")
     elif cpu.arch == "arm" and max_steps > 2:
         hints.append(f"this is an {cpu.describe()}: ONNX Runtime's ARM integer kernels "
-                     f"{'use the dot-product instructions' if cpu.dot else 'widen products without dot-product instructions'}"
+                     f"{'use the' if cpu.dot else 'widen products without'} dot-product instructions"
                      f"; try activations: int8, or leave the layers where the difference starts in float "
                      f"(quantization.exclude_nodes)")
     if max_steps <= 2:

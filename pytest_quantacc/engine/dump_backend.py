@@ -16,8 +16,8 @@ import contextlib
 import os
 import signal
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,10 +38,6 @@ from .metrics import Accumulator
 from .passes import default_budget, plan, tensor_bytes
 from .results import CommandRun
 from .runner import Runner
-
-
-
-
 
 _TAIL = 2000  # characters of a command's output kept for the report
 
@@ -116,9 +112,9 @@ def run_command(mspec: ModelSpec, cmd: Command, fields: dict[str, str]) -> Comma
 
 def evaluate_dumps(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None):
     """Float model in ONNX Runtime vs dumped tensors, layer by layer (``evaluate_model`` for ``dumps`` specs)."""
-    from .results import ModelResult
-    from .metrics import accumulate
     from .judge import finish
+    from .metrics import accumulate
+    from .results import ModelResult
 
     seconds: dict[str, float] = {}
     command = None

@@ -21,15 +21,12 @@ import re
 import zipfile
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 
 from ..errors import QuantaccInputError
 from ..spec.dumps import DumpSpec, QuantParams
 from ..spec.node import shown
-
-
-
-
 
 _INT_KINDS = "iu"
 

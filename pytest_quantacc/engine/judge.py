@@ -8,13 +8,25 @@ a threshold means the same thing wherever a result comes from.
 from __future__ import annotations
 
 from dataclasses import replace
+
 import onnx
 
 from ..graph.match import Layer
 from ..graph.structure import ancestors
 from ..spec.model import KnownBad, ModelSpec, Thresholds
 from .metrics import Accumulator, Parts, Summary
-from .results import BaselineCheck, Comparison, Evaluated, FAILED, LayerResult, PASSED, SKIPPED, Status, XFAILED, XPASSED
+from .results import (
+    FAILED,
+    PASSED,
+    SKIPPED,
+    XFAILED,
+    XPASSED,
+    BaselineCheck,
+    Comparison,
+    Evaluated,
+    LayerResult,
+    Status,
+)
 from .slices import PartsSummary
 
 
@@ -95,7 +107,7 @@ def inherit_outputs(outputs: Comparison, fixed: Comparison) -> Comparison:
         layers.append(r)
     return outputs.with_layers(tuple(layers))
 
-def apply_inheritance(float_model: onnx.ModelProto, comparison: "Comparison") -> "Comparison":
+def apply_inheritance(float_model: onnx.ModelProto, comparison: Comparison) -> Comparison:
     """Mark failures that only carry error from an upstream known_bad layer.
 
     A failing layer whose own error is within thresholds did nothing wrong itself; if the nearest upstream
@@ -104,13 +116,13 @@ def apply_inheritance(float_model: onnx.ModelProto, comparison: "Comparison") ->
     """
     results = list(comparison.layers)
     for i, r in enumerate(results):
-        if r.status != "failed" or r.own is None or r.own_breaks:
+        if r.status != FAILED or r.own is None or r.own_breaks:
             continue
         upstream = ancestors(float_model, r.layer.tensor)
         sources = [a for a in results if a.layer.tensor in upstream and a.own_breaks]
         source = max(sources, key=lambda a: a.layer.position, default=None)
         if source is not None and source.known_bad is not None:
-            results[i] = replace(r, status="xfailed", inherited_from=source.layer.name,
+            results[i] = replace(r, status=XFAILED, inherited_from=source.layer.name,
                                  reason=f"inherits the error of known_bad layer {source.layer.name}: "
                                         f"{source.known_bad.reason}")
     return comparison.with_layers(tuple(results))

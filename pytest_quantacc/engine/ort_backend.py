@@ -29,9 +29,6 @@ from .results import AgreementResult, Comparison, ModelResult
 from .runner import Runner, isolate, pipelined
 
 
-
-
-
 def plan_passes(float_model: onnx.ModelProto, layers: list[Layer], evals: Samples, modes: set[str],
                 memory_budget: int | None, in_flight: int) -> Plan:
     """The passes over the graph: one unless one sample's compared tensors would not fit the budget."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -17,9 +18,6 @@ from ..convert.fold import MISTAKES, reference
 from ..spec.node import shown
 from .results import PipelineResult, Suspect
 from .usercode import import_user_module
-
-
-
 
 
 def _load_hook(mspec) -> Callable[[np.ndarray], np.ndarray]:

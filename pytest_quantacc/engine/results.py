@@ -19,10 +19,6 @@ from ..spec.model import KnownBad, ModelSpec, Thresholds
 from .metrics import Agreement, Summary
 from .slices import PartMetrics, PartsSummary
 
-
-
-
-
 Status = Literal["passed", "failed", "xfailed", "xpassed", "skipped"]
 PASSED: Status = "passed"
 FAILED: Status = "failed"
@@ -163,7 +159,7 @@ class ModelResult:
         return next((c for c in self.comparisons if (c.reference, c.target) == (reference, target)), None)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Status:
         if self.error is not None or self.quantized_layers == 0:
             return FAILED
         failed = any(r.status == FAILED or (r.status == XPASSED and r.known_bad and r.known_bad.strict)

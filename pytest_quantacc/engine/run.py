@@ -15,17 +15,14 @@ import onnx
 from ..convert.adopt import adopt
 from ..convert.prepare import PreparedModel, prepare
 from ..convert.quantize import quantize
-from ..errors import QuantaccInputError
 from ..convert.workdir import Artifacts
+from ..errors import QuantaccInputError
 from ..graph.foreign import ForeignLayers, foreign_layers, match_foreign, quantization_kind
 from ..samples import Samples
 from ..spec.model import ModelSpec, Spec
 from .ort_backend import simulate
 from .progress import Progress, timed
 from .results import ForeignModel, ModelResult
-
-
-
 
 
 def evaluate_model(mspec: ModelSpec, base: Path, threads: int = 0, memory_budget: int | None = None,

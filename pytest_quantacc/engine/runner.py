@@ -21,9 +21,6 @@ from ..graph.extdata import inline_small
 from ..graph.structure import elem_types, expose
 
 
-
-
-
 class Runner:
     """One inference session over a model with extra tensors exposed; ``run`` returns them by name.
 

@@ -18,10 +18,6 @@ from onnx import numpy_helper
 
 from .structure import FLOAT_TYPES, consumers, elem_types, producers
 
-
-
-
-
 _RENAMED_OUTPUT = "_QuantizeLinear_Input"  # suffix the quantizer gives a graph output's producer
 
 

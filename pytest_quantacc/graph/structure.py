@@ -10,10 +10,6 @@ from onnx import helper
 
 from ..samples import InputInfo
 
-
-
-
-
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ..engine.results import FAILED, SKIPPED, XFAILED, XPASSED
 from .keys import RUN_KEY
 
 MARKER = "quantacc"
@@ -149,11 +150,11 @@ class Quantacc:
         record("quantacc.cache", ev.cache)
         for c in r.comparisons:
             for lay in c.layers:
-                if lay.status != "skipped":
+                if lay.status != SKIPPED:
                     record("quantacc.comparison", f"{c.reference}-vs-{c.target}")
                     for key, value in junit_properties(lay):
                         record(key, value)
-        xfailed = [lay.layer.name for c in r.comparisons for lay in c.layers if lay.status == "xfailed"]
+        xfailed = [lay.layer.name for c in r.comparisons for lay in c.layers if lay.status == XFAILED]
         if xfailed:
             record("quantacc.known_bad_failing", ", ".join(dict.fromkeys(xfailed)))
 
@@ -171,11 +172,11 @@ def failure_text(ev) -> str:
     texts = []
     for c in r.comparisons:
         render = layer_failure if (c.reference, c.target) == ("float", "fixed") else outputs_failure
-        failing = [lay for lay in c.layers if lay.status == "failed" or (
-            lay.status == "xpassed" and lay.known_bad is not None and lay.known_bad.strict)]
+        failing = [lay for lay in c.layers if lay.status == FAILED or (
+            lay.status == XPASSED and lay.known_bad is not None and lay.known_bad.strict)]
         if failing:
             first = failing[0]
-            text = render(r, c, first).render() if first.status == "failed" else (
+            text = render(r, c, first).render() if first.status == FAILED else (
                 f"{r.spec.name}: {c.reference} vs {c.target}: known_bad layer {first.layer.name} passes "
                 f"(strict: remove it from known_bad)")
             more = [lay.layer.name for lay in failing[1:]]

@@ -5,5 +5,4 @@ from __future__ import annotations
 
 import pytest
 
-
 RUN_KEY = pytest.StashKey[object]()

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+
 import yaml
 
 from ..files import write_text
-
-
-
 
 
 def patch_yaml(patch: dict) -> str:

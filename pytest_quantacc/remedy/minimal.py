@@ -11,9 +11,9 @@ Evaluations are memoized per set and counted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-import time
 
 import onnx
 

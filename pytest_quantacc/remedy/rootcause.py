@@ -28,10 +28,6 @@ from ..graph.match import Layer, QParams
 from ..graph.structure import consumers, producers
 from ..samples import Samples
 
-
-
-
-
 # Ops whose QDQ output reuses its input's scale and zero point (ONNX Runtime's quantizer shares them): the
 # range that matters for a consumer is calibrated at the first non-sharing producer upstream.
 SHARING_OPS = frozenset({"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity",

@@ -28,7 +28,7 @@ from ..engine.metrics import Accumulator, Parts, accumulate
 from ..engine.ort_backend import plan_passes
 from ..engine.passes import default_budget
 from ..engine.progress import Progress, timed
-from ..engine.results import Attempt, Comparison, Diagnosis, FAILED, ModelResult, TensorStats
+from ..engine.results import FAILED, SKIPPED, Attempt, Comparison, Diagnosis, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
 from ..files import write_text
@@ -38,14 +38,10 @@ from ..graph.structure import consumers, prune
 from ..spec.model import ModelSpec, Override, Quantization
 from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
 from .fixfile import patch_yaml
-from .minimal import Gates, search as minimal_search
+from .minimal import Gates
+from .minimal import search as minimal_search
 from .rootcause import Site, explain, gather, site
-from .sensitivity import (DEFAULT_SAMPLES, FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, local_errors,
-                          rank)
-
-
-
-
+from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, local_errors, rank
 
 DEFAULT_ATTEMPTS = 8
 
@@ -176,7 +172,7 @@ class _Trial:
 
 
 def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
-    measured = [r for r in comp.layers if r.summary is not None and r.status != "skipped"]
+    measured = [r for r in comp.layers if r.summary is not None and r.status != SKIPPED]
     layer = next((r for r in measured if r.layer.name == root), None)
     outs = [r for r in measured if r.layer.tensor in outputs]
     first = next((r for r in comp.layers if r.status == FAILED), None)
@@ -311,7 +307,8 @@ def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float |
                             tensors=tensors)
     except NotSwitchable as exc:  # the whole-model attempts still run
         return Mixed((), None, None, {"samples": len(samples_used), "sites": 0, "ranked": 0, "evaluations": 0,
-                                      "runs": 0, "inference_seconds": 0.0, "seconds": round(time.perf_counter() - t0, 3),
+                                      "runs": 0, "inference_seconds": 0.0,
+                                      "seconds": round(time.perf_counter() - t0, 3),
                                       "level": "int16", "chosen": [], "found": False,
                                       "cut": [f"no mixed-precision search: {exc}"], "curve": []})
     gates = Gates(board, layers, trial.mspec, float_full)

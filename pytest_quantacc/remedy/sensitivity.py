@@ -17,10 +17,10 @@ A bias (int32, scale = input scale x weight scale) follows its weight's switch a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-import time
 
 import numpy as np
 import onnx
@@ -53,7 +53,8 @@ class QuantSite:
     node: str
     consumers: tuple[str, ...]
     dtype: str  # the 8-bit type of fixed.onnx
-    shared: tuple[str, ...] = ()  # tensors quantized with this site's scale (MaxPool/Reshape/... outputs): they follow it
+    # tensors quantized with this site's scale (MaxPool/Reshape/... outputs): they follow it
+    shared: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

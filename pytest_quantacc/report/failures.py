@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from ..engine.diagnose import offline_effect, offline_hints
-from ..engine.results import BaselineCheck, Comparison, LayerDelta, LayerResult, ModelResult, PipelineResult
+from ..engine.results import SKIPPED, BaselineCheck, Comparison, LayerDelta, LayerResult, ModelResult, PipelineResult
 from ..spec.model import ModelSpec
 from .numbers import fmt_num
 
@@ -18,13 +18,14 @@ def _row(r: LayerResult, mark: bool) -> list[str]:
     status = r.status + (f" (from {r.inherited_from})" if r.inherited_from else "")
     own = r.own
     return ["->" if mark else "", r.layer.name, r.layer.op_type, fmt_num(s["cos"] if s else None),
-            fmt_num(s["rmse"] if s else None), fmt_num(own["cos"] if own else None), fmt_num(own["rmse"] if own else None),
+            fmt_num(s["rmse"] if s else None), fmt_num(own["cos"] if own else None),
+            fmt_num(own["rmse"] if own else None),
             status]
 
 
 def layer_table(comparison: Comparison, around: LayerResult | None = None, context: int = 3) -> str:
     """The compared layers around ``around`` (all when None), skipped layers left out."""
-    rows = [r for r in comparison.layers if r.status != "skipped"]
+    rows = [r for r in comparison.layers if r.status != SKIPPED]
     if around is not None and around in rows:
         i = rows.index(around)
         rows = rows[max(0, i - context): i + context + 1]

@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Callable
 
-from ..engine.results import FAILED, PASSED, XFAILED, Comparison, LayerResult, ModelResult, Status
+from ..engine.results import FAILED, PASSED, SKIPPED, XFAILED, XPASSED, Comparison, LayerResult, ModelResult, Status
 from ..remedy.fixfile import patch_yaml
 from .numbers import fmt_num
 
@@ -127,7 +127,7 @@ def _axis_values(kind: str) -> tuple[Callable[[float], float], list[tuple[float,
 
 
 def _compared(comparison: Comparison) -> list[LayerResult]:
-    return [r for r in comparison.layers if r.summary is not None and r.status != "skipped"]
+    return [r for r in comparison.layers if r.summary is not None and r.status != SKIPPED]
 
 
 def is_root(r: LayerResult, comparison: Comparison) -> bool:
@@ -275,7 +275,7 @@ def _table(comparison: Comparison, interactive: bool) -> str:
     cls = "qa-layers" if interactive else "layers"  # the scripts' table: the float-vs-fixed one
     out = f'{tools}<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>' \
           f'</table></div>'
-    skipped = [r for r in comparison.layers if r.status == "skipped" or r.summary is None]
+    skipped = [r for r in comparison.layers if r.status == SKIPPED or r.summary is None]
     if skipped:
         items = "".join(f"<li>{_e(r.layer.name)} ({_e(r.layer.op_type)}): {_e(r.reason or 'not compared')}</li>"
                         for r in skipped)
@@ -299,7 +299,7 @@ def _diagnosis(comparison: Comparison) -> str:
     if d.attempts:
         rows = "".join(
             f'<tr class="{"" if a.passes else "row-failed"}"><td class="l">{_e(a.label)}</td>'
-            f'<td class="l"><span class="badge {"passed" if a.passes else "failed"}">'
+            f'<td class="l"><span class="badge {PASSED if a.passes else FAILED}">'
             f'{"passes" if a.passes else "fails"}</span></td><td class="l">{_e(a.first_diverging_layer or "-")}</td>'
             f"<td>{fmt_num(a.layer_cos)}</td><td>{fmt_num(a.layer_rmse)}</td><td>{fmt_num(a.outputs_cos)}</td>"
             f"<td>{a.seconds:.2f}</td>{_cost_cells(a)}</tr>" for a in d.attempts)
@@ -433,8 +433,8 @@ def _models_table(results: list[ModelResult], verdicts: list[Status], order: lis
             (PASSED if r.agreement.passed else FAILED)
         rows.append(f'<tr class="row-{v}"><td class="l"><a href="#model-{i}">{_e(r.spec.name)}</a></td>'
                     f'<td class="l">{_e(r.spec.spec_path.name)}</td><td class="l"><span class="badge {v}">{v}</span>'
-                    f'</td>' + "".join(f"<td>{counts.get(k, 0)}</td>" for k in (FAILED, XFAILED, "xpassed", PASSED,
-                                                                                "skipped"))
+                    f'</td>' + "".join(f"<td>{counts.get(k, 0)}</td>" for k in (FAILED, XFAILED, XPASSED, PASSED,
+                                                                                SKIPPED))
                     + f'<td class="l">{_e(first)}</td><td class="l">{_e(diag)}</td><td class="l">{agree}</td></tr>')
     return ('<table class="qa-models"><thead><tr><th class="l">model</th><th class="l">spec</th><th class="l">status'
             '</th><th>failed</th><th>xfailed</th><th>xpassed</th><th>passed</th><th>skipped</th><th class="l">first '

@@ -8,13 +8,9 @@ from pathlib import Path
 
 from ..engine.judge import model_verdict
 from ..engine.metrics import NAMES
-from ..engine.results import BaselineCheck, Evaluated, FAILED, LayerResult, ModelResult, PASSED
+from ..engine.results import FAILED, PASSED, SKIPPED, BaselineCheck, Evaluated, LayerResult, ModelResult
 from ..files import write_text
 from .numbers import finite, finite_tree
-
-
-
-
 
 REPORT_VERSION = 1
 
@@ -33,7 +29,7 @@ def layer_json(r: LayerResult) -> dict:
     slices = next((ps for ps in r.parts if ps.kind == "slice"), None)
     if slices is not None:
         d["slices"] = [part_json(r, "slice", slices, p) for p in slices.parts]
-    if r.status != "skipped":
+    if r.status != SKIPPED:
         d["gate"] = r.gate
     d["status"] = r.status
     if r.reason:
@@ -137,7 +133,7 @@ def model_json_ci(ev: Evaluated, check: BaselineCheck | None, root: Path | None)
     if a is not None:
         out["accuracy"] = {"metric": a.metric, "output": a.output, "float": a.float_value, "offline": a.offline_value,
                            "drop": a.drop, "max_drop": a.max_drop, "samples": a.samples,
-                           "status": "passed" if a.passed else FAILED}
+                           "status": PASSED if a.passed else FAILED}
     elif ev.accuracy_error is not None:
         out["accuracy"] = {"status": FAILED, "error": ev.accuracy_error.message}
     if check is not None and ev.result.error is None:

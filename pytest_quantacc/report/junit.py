@@ -9,9 +9,6 @@ from ..engine.metrics import NAMES
 from ..engine.results import LayerResult
 
 
-
-
-
 def junit_properties(r: LayerResult) -> list[tuple[str, object]]:
     """``quantacc.<metric>`` properties of one layer item, for dashboards reading JUnit XML."""
     props: list[tuple[str, object]] = [("quantacc.layer", r.layer.name), ("quantacc.op_type", r.layer.op_type),

@@ -7,12 +7,9 @@ import json
 
 from ..engine.diagnose import inherited_note
 from ..engine.judge import model_verdict
-from ..engine.results import BaselineCheck, Evaluated, ModelResult, Status
+from ..engine.results import PASSED, SKIPPED, BaselineCheck, Evaluated, ModelResult, Status
 from ..remedy.search import search_line
 from .numbers import fmt_num
-
-
-
 
 
 def model_summary(result: ModelResult, status: Status | None = None) -> str:
@@ -21,7 +18,8 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
     if result.error is not None:
         return f"{name}: ERROR {result.error.message}"
     compared = "dumped tensors compared" if result.spec.dumps else "quantized tensors"
-    lines = [f"{name}: {(status or result.status).upper()}, {result.quantized_layers} {compared}, {result.samples} samples"]
+    lines = [f"{name}: {(status or result.status).upper()}, {result.quantized_layers} {compared}, "
+             f"{result.samples} samples"]
     if result.memory:
         lines.append(f"  memory: {result.memory}")
     if result.foreign is not None:
@@ -41,7 +39,7 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
         for r in c.layers:
             counts[r.status] = counts.get(r.status, 0) + 1
         first = c.first_diverging.layer.name if c.first_diverging else "none"
-        measured = [r for r in c.layers if r.summary is not None and r.status != "skipped"]
+        measured = [r for r in c.layers if r.summary is not None and r.status != SKIPPED]
         worst = sorted(measured, key=lambda r: r.lowest_cos()[0])[:3]  # a masked slice counts as what it is
 
         def named(r) -> str:
@@ -73,7 +71,7 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
                      + (f"first {first.tensor}; " if first is not None and first is not w else "")
                      + f"worst {w.tensor}: {100 * w.mismatch_rate:.2f}% beyond {result.agreement.tolerance_steps} "
                        f"steps, max {w.max_steps}")
-    if result.artifacts is not None and (status or result.status) != "passed":
+    if result.artifacts is not None and (status or result.status) != PASSED:
         lines.append(f"  open in Netron: netron {result.artifacts.fixed_model}")
     return "\n".join(lines)
 

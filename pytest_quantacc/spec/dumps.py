@@ -14,7 +14,6 @@ from typing import Any
 
 from .node import FILE, FOLDER, read_bounded, shown
 
-
 FORMATS = ("npy", "npz")
 
 
@@ -213,7 +212,8 @@ def parse_dumps(node) -> tuple[DumpSpec, ...]:
     modes = node.mapping(DUMP_MODES)
     specs = []
     for mode, mn in modes.items():
-        keys = ("path", "format", "names", "layout", "model_layout", "crop_channels", "dequantize", "command", "timeout")
+        keys = ("path", "format", "names", "layout", "model_layout", "crop_channels", "dequantize", "command",
+                "timeout")
         m = mn.mapping(keys)
         if "command" not in m and "path" not in m:
             raise mn.fail("give 'path' (a folder of dumps) or 'command' (a tool that writes them)")

@@ -15,10 +15,6 @@ from .dumps import DumpSpec
 from .node import did_you_mean, shown
 from .preprocess import Preprocess
 
-
-
-
-
 SPEC_VERSION = 1
 
 

@@ -14,16 +14,37 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
 import yaml
 
 from ..errors import QuantaccInputError
 from .dumps import DumpSpec, parse_dumps
-from .model import FORMATS, ACTIVATION_TYPES, AccuracyGate, BaselineGate, BrokenModel, DataSpec, EXTRA_MODES, GATE_GRANULARITIES, GATE_LAYERS, Gate, KnownBad, LayerRule, METHODS, MODES, ModelSpec, OfflineGate, Override, Quantization, SPEC_VERSION, Spec, Thresholds, WEIGHT_TYPES
+from .model import (
+    ACTIVATION_TYPES,
+    EXTRA_MODES,
+    FORMATS,
+    GATE_GRANULARITIES,
+    GATE_LAYERS,
+    METHODS,
+    MODES,
+    SPEC_VERSION,
+    WEIGHT_TYPES,
+    AccuracyGate,
+    BaselineGate,
+    BrokenModel,
+    DataSpec,
+    Gate,
+    KnownBad,
+    LayerRule,
+    ModelSpec,
+    OfflineGate,
+    Override,
+    Quantization,
+    Spec,
+    Thresholds,
+)
 from .node import FILE, FILE_OR_FOLDER, Node, kind_of, larger_than, path_problem, read_bounded, shown, shown_path
 from .preprocess import Preprocess, parse_preprocess
-
-
-
 
 
 def _deep_merge(base: Any, over: Any) -> Any:

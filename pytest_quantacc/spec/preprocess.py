@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .node import shown
 
-
 LAYOUTS = ("NCHW", "NHWC")
 
 

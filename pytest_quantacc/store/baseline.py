@@ -15,13 +15,9 @@ import math
 import os
 from pathlib import Path
 
-from ..engine.results import BaselineCheck, Comparison, IMPROVED, LayerDelta, ModelResult, REGRESSED, SAME, SKIPPED
+from ..engine.results import IMPROVED, REGRESSED, SAME, SKIPPED, BaselineCheck, Comparison, LayerDelta, ModelResult
 from ..files import write_text
 from ..spec.model import ModelSpec
-
-
-
-
 
 VERSION = 1
 DIGITS = 6

@@ -30,8 +30,16 @@ from pathlib import Path
 
 from .. import __version__
 from ..convert.prepare import PreparedModel, prepare, prepare_float
-from ..convert.workdir import (data_key, digest, file_digest, hash_file, model_key, read_manifest, remembered,
-                               workdir_for)
+from ..convert.workdir import (
+    data_key,
+    digest,
+    file_digest,
+    hash_file,
+    model_key,
+    read_manifest,
+    remembered,
+    workdir_for,
+)
 from ..engine.accuracy import task_accuracy
 from ..engine.progress import Progress
 from ..engine.results import Evaluated, ModelResult
@@ -40,10 +48,6 @@ from ..errors import QuantaccInputError
 from ..files import read_json, write_text
 from ..spec.model import ModelSpec
 from .serialize import FORMAT, from_dict, recheck, to_dict
-
-
-
-
 
 # The .data files are the artifacts' external data (models stored with external data, extdata.py): a deleted
 # or corrupt side file fails the checksum like its graph would, and the whole folder is rebuilt.

@@ -21,14 +21,21 @@ from ..convert.workdir import Artifacts
 from ..engine.diagnose import diagnose
 from ..engine.judge import apply_inheritance, inherit_outputs, judge_comparison
 from ..engine.metrics import Agreement, Summary
-from ..engine.results import (AccuracyResult, AgreementResult, Comparison, Diagnosis, Drop, ForeignModel, LayerResult,
-                               ModelResult, Root)
+from ..engine.results import (
+    AccuracyResult,
+    AgreementResult,
+    Comparison,
+    Diagnosis,
+    Drop,
+    ForeignModel,
+    LayerResult,
+    ModelResult,
+    Root,
+)
 from ..engine.slices import PartMetrics, PartsSummary
 from ..errors import QuantaccInputError
 from ..graph.match import Layer, QParams
 from ..spec.model import KnownBad, ModelSpec, Thresholds
-
-
 
 FORMAT = 2  # bump when the dict layout changes: stored entries of another format are rebuilt
 # 2: per-part metrics (parts, own_parts), diverges, gate; diagnosis roots and drops
@@ -85,8 +92,7 @@ def _comparison(d: dict) -> Comparison:
 def _diagnosis(diag: dict) -> Diagnosis:
     """A diagnosis with what remedy.deepen added (statistics, remedy attempts), so an xdist controller reports
     the same diagnosis as a serial run."""
-    from ..engine.results import Attempt
-    from ..engine.results import TensorStats
+    from ..engine.results import Attempt, TensorStats
 
     def stats(s: dict) -> TensorStats:
         return TensorStats(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
