@@ -123,6 +123,17 @@ def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
     return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected))
 
 
+def _npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """Shape, Fortran order and dtype of the ``.npy`` data at ``f``'s position; None for header versions other
+    than 1.0 and 2.0 (numpy's own reader then decides)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    return None
+
+
 def _stored_member(path: Path, info: zipfile.ZipInfo) -> Rows | None:
     """Rows read in place from an uncompressed C-order ``.npy`` member, or None when that is not possible."""
     if info.compress_type != zipfile.ZIP_STORED:
@@ -135,13 +146,10 @@ def _stored_member(path: Path, info: zipfile.ZipInfo) -> Rows | None:
         start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
                  + int.from_bytes(local[28:30], "little"))
         f.seek(start)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        header = _npy_header(f)
+        if header is None:
             return None
+        shape, fortran, dtype = header
         if fortran or dtype.hasobject or not shape:
             return None
         data = f.tell()
@@ -154,13 +162,10 @@ def _inflated_prefix(z: np.lib.npyio.NpzFile, member: str, limit: int) -> Rows |
     """The first ``limit`` samples of a compressed C-order member, inflating no more of it than they take, so
     memory follows the samples read, not the member's size (deflate turns a megabyte into gigabytes)."""
     with z.zip.open(member) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        header = _npy_header(f)
+        if header is None:
             return None
+        shape, fortran, dtype = header
         if fortran or dtype.hasobject or not shape or shape[0] <= limit:
             return None  # no saving: numpy's own reader checks and loads it
         rows = limit
