@@ -97,6 +97,10 @@ def match_layers(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> 
     f_prod = producers(float_model)
     q_cons = consumers(fixed_model)
     excluded_reason = "not quantized: the quantizer left this node's output in float"
+    # A model output the quantizer left in float still carries the error of every quantized layer before it:
+    # it is what the deployed model returns, so it is compared (unless nothing at all is quantized).
+    graph_outputs = {o.name for o in float_model.graph.output}
+    quantizes = any(n.op_type == "QuantizeLinear" for n in fixed_model.graph.node)
 
     def dequantized(tensor: str) -> tuple[str, str, QParams | None] | None:
         for q in q_cons.get(tensor, []):
@@ -138,7 +142,8 @@ def match_layers(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> 
         t_q, _ = found[tensor]
         dq = dequantized(t_q)
         if dq is None:
-            layers.append(_with(base, fixed_tensor=t_q, skip=excluded_reason))
+            compared = tensor in graph_outputs and quantizes
+            layers.append(_with(base, fixed_tensor=t_q, skip=None if compared else excluded_reason))
             continue
         fixed_tensor, quant_tensor, qp = dq
         layers.append(_with(base, fixed_tensor=fixed_tensor, quant_tensor=quant_tensor, qparams=qp))
