@@ -20,7 +20,8 @@ from pytest_quantacc import evaluate_model, load_spec
 from pytest_quantacc.graph.match import Layer, QParams
 from pytest_quantacc.remedy.fixfile import patch_yaml, write_fix
 from pytest_quantacc.remedy.rootcause import activation_stats, site
-from pytest_quantacc.remedy.search import _apply, deepen
+from pytest_quantacc.remedy.search import deepen
+from pytest_quantacc.remedy.settings import apply_patch
 
 _GLOBAL_KEYS = {"per_channel", "method", "activations", "weights"}
 
@@ -46,7 +47,7 @@ def test_abrupt_fault_gets_a_local_verified_remedy(tmp_path, zoo_models, builder
     assert touched and touched <= local
     assert len(d.attempts) <= 8
     # Independent check: a fresh evaluation of the spec with the patch applied passes every layer.
-    patched = replace(mspec, quantization=_apply(mspec.quantization, d.remedy))
+    patched = replace(mspec, quantization=apply_patch(mspec.quantization, d.remedy))
     again = evaluate_model(patched, tmp_path / "verify").comparison("float", "fixed")
     assert again.first_diverging is None
 
@@ -164,15 +165,15 @@ def test_pytest_html_extra(failing_example):
 
 def test_patch_keeps_what_the_spec_already_has():
     """A patch replaces whole keys when pasted, so it must carry the spec's existing overrides and exclusions."""
-    from pytest_quantacc.remedy.search import _Knob, _patch
+    from pytest_quantacc.remedy.settings import Knob, apply_patch, spec_patch
     from pytest_quantacc.spec.model import Override, Quantization
 
     q = Quantization(overrides=(Override("a", "int16"),), exclude_nodes=("x",))
-    knobs = [_Knob("w", "a", "weights", 1.0), _Knob("b", "b", "activations", 0.5), _Knob("f", "c", "exclude", 0.0)]
-    patch = _patch(q, knobs)
+    knobs = [Knob("w", "a", "weights", 1.0), Knob("b", "b", "activations", 0.5), Knob("f", "c", "exclude", 0.0)]
+    patch = spec_patch(q, knobs)
     assert patch == {"overrides": {"a": {"activations": "int16", "weights": "int16"}, "b": {"activations": "int16"}},
                      "exclude_nodes": ["x", "c"]}
-    applied = _apply(q, patch)
+    applied = apply_patch(q, patch)
     assert applied.overrides == (Override("a", "int16", "int16"), Override("b", "int16"))
     assert applied.exclude_nodes == ("x", "c") and applied.method == q.method
     assert yaml.safe_load(patch_yaml(patch)) == {"quantization": patch}

@@ -6,13 +6,18 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import yaml
 from planted_remedies import chain_entry, input_spike_entry
+from verdict_models import detection_head
 
 from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
-from pytest_quantacc.remedy.search import _apply, deepen
+from pytest_quantacc.remedy.search import deepen
+from pytest_quantacc.remedy.settings import apply_patch
 from pytest_quantacc.report.jsonreport import model_json
 from pytest_quantacc.report.summary import model_summary
 
@@ -62,7 +67,7 @@ def test_planted_minimal_set_through_deepen(tmp_path, name, wo, ao, sites, evalu
     assert {"latency_ms", "latency_int8_ms", "latency_float_ms", "slower_than_float"} <= set(d.cost)
     assert not any(a.harmful for a in d.attempts)
     # independent check: a fresh evaluation of the spec with the set's patch applied passes every layer
-    patched = replace(mspec, quantization=_apply(mspec.quantization, patch))
+    patched = replace(mspec, quantization=apply_patch(mspec.quantization, patch))
     assert evaluate_model(patched, tmp_path / "verify").comparison("float", "fixed").first_diverging is None
 
 
@@ -104,6 +109,11 @@ def test_fix_file_passes_and_a_warm_rerun_reuses_the_search(pytester, tmp_path):
     assert r1["cache"] == "computed" and d1["search"]["cache"] == "computed" and d1["search"]["samples"] == 3
     page = (pytester.path / "r1.html").read_text()
     assert "Sensitivity (gate margin" in page and "int8 MACs" in page and "Sets judged" in page
+    chart = page[page.index('<svg class="curve"'):]
+    chart = chart[:chart.index("</svg>")]
+    curve = d1["search"]["curve"]
+    assert chart.count("<circle") == len(curve)  # one dot per set judged, green when it passes
+    assert chart.count('fill="#2e7d32"') == sum(c["passes"] for c in curve) >= 1
     remedies = sorted((pytester.path / "work").glob("*/*/remedies/**/*"))
     stamps = {p: p.stat().st_mtime_ns for p in remedies if p.is_file()}
     second = pytester.runpytest(*args, "--quantacc-report", "r2.json", "--quantacc-remedy-samples", "3")
@@ -118,3 +128,150 @@ def test_fix_file_passes_and_a_warm_rerun_reuses_the_search(pytester, tmp_path):
     fix = pytester.path / "quantacc_chain.fix.yaml"
     assert yaml.safe_load(fix.read_text())["models"][0]["quantization"] == {"overrides": d1["remedy"]["overrides"]}
     pytester.runpytest(fix.name, *args[1:]).assert_outcomes(passed=5)
+
+
+def _scores(model, images, optimize: bool):
+    """The detector's class scores (rows 4-9 of output0), as the float model or the deployable model gives them."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"images": images})[0][:, 4:]
+
+
+def test_a_set_left_in_float_when_16_bits_cannot_help(tmp_path):
+    """Boxes up to 1e5 beside sigmoid scores in one Concat: even at 16 bits the Concat's step (1e5 / 65535, about
+    1.5) leaves the scores no level, so the search must leave the Concat in float, and its patch must really
+    keep output0 in float (excluding the producer alone leaves a tensor quantized for quantized consumers). The
+    verdict is checked on the task: the detections (score >= 0.2) of the offered remedy's deployable model."""
+    vm = detection_head(tmp_path / "m", box_max=1e5, stem="wide_head")
+    entry = {"name": "wide_head", "model": str(vm.model), "calibration": {"data": str(vm.calib)},
+             "evaluation": {"data": str(vm.eval)}, "modes": ["float", "fixed"]}
+    mspec, result, d = _deepened(tmp_path, entry, use_cache=False)
+    s = d.search
+    assert s["first"]["level"] == "int16" and s["first"]["chosen"] == []  # not even every site at 16 bits passes
+    assert s["level"] == "float" and [x["node"] for x in s["chosen"]] == ["head_concat"]
+    offered = next(a for a in d.attempts if a.patch == d.remedy)
+    assert offered.passes and offered.patch == {"exclude_nodes": ["head_concat"]}
+    fixed = onnx.load(offered.model)
+    assert not [n for n in fixed.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "output0"]
+    assert offered.outputs_cos is not None and offered.outputs_cos > 0.999  # output0 measured, not skipped
+    images = np.load(vm.eval)["images"]
+    want = int((_scores(vm.model, images, False) >= 0.2).sum())
+    assert int((_scores(result.artifacts.fixed_model, images, True) >= 0.2).sum()) < 0.5 * want  # the default
+    assert abs(int((_scores(offered.model, images, True) >= 0.2).sum()) - want) <= 0.05 * want
+
+
+def test_a_float_site_excludes_its_producer_and_consumers(tmp_path):
+    """ONNX Runtime's quantizer keeps h1 quantized for fc2 when only its producer fc1 is excluded; the float
+    knob names fc1 and fc2, and with both excluded h1 (and fc2's weights) stay float, as the switchboard's
+    closure predicts."""
+    from pytest_quantacc.remedy.mixed import closure, float_nodes
+    from pytest_quantacc.remedy.sensitivity import Switchboard
+
+    entry = chain_entry(tmp_path / "c", "c", [0, 0, 0, 0], [0, 0, 0, 0])
+    mspec = load_spec(write_spec(tmp_path / "c.yaml", [entry])).models[0]
+
+    def quantized(exclude: list[str]) -> set[str]:
+        patched = replace(mspec, quantization=apply_patch(mspec.quantization, {"exclude_nodes": exclude}))
+        fixed = onnx.load(str(evaluate_model(patched, tmp_path / "-".join(exclude)).artifacts.fixed_model))
+        return {n.input[0].removesuffix("_QuantizeLinear_Input").removesuffix("_quantized")
+                for n in fixed.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+    assert "h1" in quantized(["fc1"])  # the producer alone is not enough
+    default = evaluate_model(mspec, tmp_path / "default").artifacts
+    board = Switchboard(onnx.load(str(default.float_model)), onnx.load(str(default.fixed_model)), [])
+    h1 = next(x for x in board.sites if x.tensor == "h1")
+    nodes = float_nodes(h1, h1.node)
+    assert nodes == ("fc1", "fc2")
+    left = quantized(list(nodes))
+    assert "h1" not in left and "w2" not in left and "w1" not in left
+    expanded = {board.sites[i].tensor for i in closure(board.sites, [float_nodes(x, x.node) for x in board.sites])(
+        frozenset({h1.index}))}
+    assert expanded == {"h1", "w1", "w2"}
+    assert {x.tensor for x in board.sites} - expanded <= left  # what the closure keeps quantized stays so
+
+
+def test_attempts_are_scored_on_the_task_with_an_accuracy_gate(tmp_path):
+    """The example's outlier CNN with the digits labels and an accuracy gate: every re-converted attempt carries
+    its deployable model's top-1 accuracy, computed here independently with numpy; the offered remedy keeps
+    the float accuracy within max_drop; harm follows the rule (more than half of max_drop below the default)."""
+    from pathlib import Path
+
+    from pytest_quantacc.convert.prepare import PreparedModel
+    from pytest_quantacc.engine.accuracy import task_accuracy
+    from pytest_quantacc.remedy.search import harmful
+
+    example = Path(__file__).resolve().parent.parent / "example_project"
+    entry = {"name": "outlier", "model": str(example / "models/digits_cnn_outlier.onnx"),
+             "calibration": {"data": str(example / "data/calib.npz")},
+             "evaluation": {"data": str(example / "data/eval.npz"), "labels": str(example / "data/eval_labels.npy")},
+             "quantization": {"reduce_range": True}, "modes": ["float", "fixed"], "accuracy": {"max_drop": 0.01}}
+    mspec = load_spec(write_spec(tmp_path / "outlier.yaml", [entry])).models[0]
+    result = evaluate_model(mspec, tmp_path / "work")
+    default = task_accuracy(mspec, result.artifacts, PreparedModel(mspec, result.artifacts.float_model).evaluation)
+    d = deepen(result, use_cache=False, accuracy=default).comparison("float", "fixed").diagnosis
+    images = np.load(example / "data/eval.npz")
+    name = next(iter(images.files))
+    labels = np.load(example / "data/eval_labels.npy")
+    scored = [a for a in d.attempts if a.model]
+    assert scored and all(a.accuracy is not None for a in scored)
+    for a in scored:
+        session = ort.InferenceSession(a.model, providers=["CPUExecutionProvider"])
+        top1 = np.mean([session.run(None, {name: x[None]})[0].argmax() == y for x, y in zip(images[name], labels)])
+        assert a.accuracy == pytest.approx(top1, abs=1e-12)
+        if harmful(a, None, None, default):  # the accuracy rule alone (outputs may make an attempt harmful too)
+            assert a.harmful
+    offered = next(a for a in d.attempts if a.patch == d.remedy)
+    assert offered.passes and default.float_value - offered.accuracy <= 0.01
+
+
+def test_under_the_own_gate_a_remedy_is_verified_on_own_error(tmp_path):
+    """The deep stack under gate: {layers: own}, its output allowed a wider error: only the two planted roots
+    fail. A remedy is verified as the evaluation judges (own error), so raising the roots' sites suffices
+    although the gradual accumulated error still breaks the thresholds of layers after them; a fresh
+    evaluation of the patched spec passes under the same gate."""
+    from verdict_models import DEEP_CULPRITS, deep_stack
+
+    vm = deep_stack(tmp_path / "m")
+    entry = {"name": "deep", "model": str(vm.model), "calibration": {"data": str(vm.calib)},
+             "evaluation": {"data": str(vm.eval)}, "modes": ["float", "fixed"], "gate": {"layers": "own"},
+             "layers": {"fc": {"cos": 0.9, "rmse": 0.5}}}
+    mspec, result, d = _deepened(tmp_path, entry, use_cache=False)
+    roots = [f"conv{k}" for k in DEEP_CULPRITS]
+    assert [r.layer.name for r in result.comparison("float", "fixed").layers if r.status == "failed"] == roots
+    offered = next(a for a in d.attempts if a.patch == d.remedy)
+    assert offered.passes
+    # The roots' own sites only (their weights, the inputs they read), where accumulated judging needed 44.
+    assert {x["node"] for x in d.search["chosen"]} <= {"conv13", "conv14", "conv25", "conv26"}
+    patched = replace(mspec, quantization=apply_patch(mspec.quantization, d.remedy))
+    again = evaluate_model(patched, tmp_path / "verify").comparison("float", "fixed")
+    assert [r.layer.name for r in again.layers if r.status == "failed"] == []
+    assert any(r.gate == "own" and r.diverges for r in again.layers)  # accumulated error alone would fail it
+
+
+def test_own_error_on_the_switchboard_equals_the_evaluations_own_error_pass(tmp_path):
+    """Gates' own error (a layer's own sites quantized, every other site float) against the evaluation's
+    own-error pass (fixed.onnx rewired to read float values), on the default conversion of the deep stack."""
+    from verdict_models import deep_stack
+
+    from pytest_quantacc.remedy.minimal import Gates
+    from pytest_quantacc.remedy.sensitivity import Switchboard
+
+    vm = deep_stack(tmp_path / "m")
+    entry = {"name": "deep", "model": str(vm.model), "calibration": {"data": str(vm.calib)},
+             "evaluation": {"data": str(vm.eval)}, "modes": ["float", "fixed"], "gate": {"layers": "own"}}
+    mspec = load_spec(write_spec(tmp_path / "deep.yaml", [entry])).models[0]
+    result = evaluate_model(mspec, tmp_path / "work")
+    fixed = result.comparison("float", "fixed")
+    fl, fx = onnx.load(str(result.artifacts.float_model)), onnx.load(str(result.artifacts.fixed_model))
+    images = np.load(vm.eval)["input"]
+    board = Switchboard(fl, fx, [{"input": images[i:i + 1]} for i in range(len(images))],
+                        tensors=[r.layer.tensor for r in fixed.layers if r.layer.skip is None])
+    own = Gates(board, [r.layer for r in fixed.layers], mspec, fl).own_metrics(board.fixed_levels())
+    measured = [r for r in fixed.layers if r.own is not None and r.layer.tensor in own]
+    assert len(measured) >= 32
+    for r in measured:
+        got = own[r.layer.tensor]
+        assert got["cos"] == pytest.approx(r.own["cos"], abs=1e-6), r.layer.name
+        assert got["rmse"] == pytest.approx(r.own["rmse"], rel=1e-5, abs=1e-7), r.layer.name

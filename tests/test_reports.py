@@ -125,7 +125,8 @@ def test_fixed_vs_offline_lists_the_worst_tensors(pytester, workdir, outlier):
 def test_progress_lines_name_the_phases_and_stay_quiet_with_q(pytester, outlier):
     own = pytester.path / "own-work"
     out = run(pytester, own, "--tb=no", "--quantacc-remedies", "2").stdout.str()
-    for phase in ("converting", "evaluating 64 samples", "own-error pass", "remedy search: sensitivity and set search",
+    for phase in ("converting", "evaluating 64 samples", "own-error pass", "remedy search: sensitivity of every site",
+                  "remedy search: a set at 16 bits",
                   "remedy: verifying mixed precision: 16-bit weights of conv2 + 16-bit weights of fc1 + 16-bit "
                   "activations of conv2", "remedy: verifying per-channel weights"):
         assert re.search(rf"^digits_outlier: {re.escape(phase)} \.\.\. \d+\.\d s$", out, re.M), phase

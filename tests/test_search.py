@@ -77,3 +77,60 @@ def test_a_large_set_is_pruned_in_chunks():
     result = search(list(range(200)), pred, greedy_steps=1, window=2)
     assert result.sites == frozenset(need)
     assert result.evaluations < 100  # one evaluation per site of the 191-site prefix would be 191
+
+
+def test_judging_only_the_reached_layers_gives_the_full_verdict(tmp_path):
+    """Gates.judge_levels re-measures only the layers a changed site reaches; on random mixes of float / int8 /
+    int16 sites of a branching model with a sliced Concat output its verdict equals judging every layer."""
+    import numpy as np
+    import onnx
+    from verdict_models import detection_head
+
+    from conftest import write_spec
+    from pytest_quantacc import evaluate_model, load_spec
+    from pytest_quantacc.graph.match import match_layers
+    from pytest_quantacc.remedy.minimal import Gates
+    from pytest_quantacc.remedy.sensitivity import INT8, INT16
+
+    vm = detection_head(tmp_path / "m")
+    entry = {"name": "head", "model": str(vm.model), "calibration": {"data": str(vm.calib)},
+             "evaluation": {"data": str(vm.eval)}, "modes": ["float", "fixed"]}
+    mspec = load_spec(write_spec(tmp_path / "head.yaml", [entry])).models[0]
+    art = evaluate_model(mspec, tmp_path / "work").artifacts
+    fl, fx = onnx.load(str(art.float_model)), onnx.load(str(art.fixed_model))
+    layers = match_layers(fl, fx)
+    images = np.load(vm.eval)["images"]
+    board = Switchboard(fl, fx, [{"images": images[i:i + 1]} for i in range(3)],
+                        tensors=[lay.tensor for lay in layers if lay.skip is None])
+    gates = Gates(board, layers, mspec, fl)
+    rng = np.random.default_rng(0)
+    n = len(board.sites)
+    configs = [[INT8] * n, [FLOAT] * n] + [list(rng.choice([FLOAT, INT8, INT16], n, p=p))
+                                          for p in ([0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.3, 0.4, 0.3]) * 4]
+    for levels in configs:
+        assert gates.judge_levels(levels) == gates.judge(board.each(levels))
+
+
+def test_extend_keeps_the_base_and_adds_the_fewest_sites():
+    """A set found on fewer samples ({1}) needs 5 and 9 as well on more: extend adds exactly those, in fewer
+    evaluations than a new search's prune of the prefix would take."""
+    from pytest_quantacc.remedy.minimal import extend
+
+    need = {1, 5, 9}
+
+    def pred(s):
+        return need <= s, float(len(need & s))
+
+    result = extend(frozenset({1}), list(range(40)), pred)
+    assert result.sites == frozenset(need)
+    assert result.evaluations <= 2 + 6 + 12  # base, all; doubling + bisection to k = 9; the prune of 8 sites
+    assert extend(frozenset({1, 5, 9}), list(range(40)), pred).evaluations == 1  # already enough: one check
+
+
+def test_the_prune_of_a_large_set_is_bounded():
+    """Every one of 200 sites needed: the halving prune stops after PRUNE_EVALUATIONS and keeps the set."""
+    from pytest_quantacc.remedy.minimal import PRUNE_EVALUATIONS
+
+    result = search(list(range(200)), lambda s: (len(s) == 200, float(len(s))), greedy_steps=1, window=2)
+    assert result.sites == frozenset(range(200))
+    assert result.evaluations <= 2 + 2 + 8 + PRUNE_EVALUATIONS

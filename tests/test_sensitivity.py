@@ -52,6 +52,19 @@ def test_switch_equals_graph_rebuilt_per_site(planted, case):
             break
 
 
+def test_a_board_without_16_bit_branches_gives_the_same_float_and_int8_values(planted):
+    """The narrow board (float / int8 switches only) the ranking and the float search use equals the full one
+    bit for bit on any float / int8 mix, and refuses a 16-bit level instead of computing something else."""
+    float_model, fixed_model, samples, board = planted
+    narrow = Switchboard(float_model, fixed_model, samples[:4], wide=False)
+    n = len(board.sites)
+    rng = np.random.default_rng(1)
+    for levels in [[INT8] * n, [FLOAT] * n] + [list(rng.choice([FLOAT, INT8], n)) for _ in range(6)]:
+        assert _max_diff(narrow.run(levels), board.run(levels)) == 0.0
+    with pytest.raises(ValueError, match="16-bit"):
+        narrow.run([INT16] * n)
+
+
 def test_wide_params_keep_the_range():
     s, zp = np.array(0.02, np.float32), np.array(10, np.uint8)
     s16, zp16 = wide_params(s, zp)

@@ -103,8 +103,9 @@ def save(dest: Path, stem: str, model: onnx.ModelProto, calib: dict[str, np.ndar
 DET_BOXES, DET_CLASSES, DET_HW = 4, 6, 16
 
 
-def detection_head(dest: Path, n_calib: int = 16, n_eval: int = 8) -> VerdictModel:
-    """Conv trunk -> boxes (Relu * gain, ~0..320) and scores (Sigmoid), each reshaped to [N, C, H*W] and
+def detection_head(dest: Path, n_calib: int = 16, n_eval: int = 8, box_max: float = 320.0,
+                   stem: str = "detection_head") -> VerdictModel:
+    """Conv trunk -> boxes (Relu * gain, ~0..``box_max``) and scores (Sigmoid), each reshaped to [N, C, H*W] and
     concatenated on axis 1 into the single output ``output0`` [N, 10, 256]: rows 0-3 boxes, 4-9 scores.
 
     Scores are mostly small (logits ~ N(-3, 1.5)) with a few confident ones, as a detector's are. The box
@@ -152,13 +153,13 @@ def detection_head(dest: Path, n_calib: int = 16, n_eval: int = 8) -> VerdictMod
         return make(graph)
 
     got = run_float(build(), {"images": x[:n_calib]}, ["box_relu_out", "cls_logits"])
-    params["box_gain"] = np.array(320.0 / got["box_relu_out"].max(), np.float32)
+    params["box_gain"] = np.array(box_max / got["box_relu_out"].max(), np.float32)
     logits = got["cls_logits"]
     mean, std = logits.mean(axis=(0, 2, 3)), logits.std(axis=(0, 2, 3))
     params["cls_w"] = (params["cls_w"] * (1.5 / std)[:, None, None, None]).astype(np.float32)
     params["cls_b"] = (-3.0 - mean * 1.5 / std).astype(np.float32)
     model = build()
-    return save(dest, "detection_head", model, {"images": x[:n_calib]}, {"images": x[n_calib:]},
+    return save(dest, stem, model, {"images": x[:n_calib]}, {"images": x[n_calib:]},
                 ("head_concat", "cls_sigmoid"),
                 "boxes 0..320 (rows 0-3) and sigmoid scores (rows 4-9) concatenated on axis 1 into output0; "
                 "uint8 per-tensor scale ~320/255 leaves scores 0 or one step")

@@ -9,6 +9,8 @@ it reads one output only, and keeps the layer engine unchanged; it runs only for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
@@ -106,24 +108,32 @@ def _score(mspec: ModelSpec, fn, outputs: np.ndarray | list[np.ndarray], labels:
 
 def task_accuracy(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int = 0) -> AccuracyResult:
     """Score the float and the deployable model on ``evals``; input problems raise QuantaccInputError."""
-    gate = mspec.accuracy
     labels = load_labels(mspec, len(evals))
     name = _output(mspec, onnx.load(str(art.float_model), load_external_data=False))
-    fn = top1 if gate.function is None else _user_metric(mspec)
-    float_run = Runner(art.float_model, [name], optimize=False, threads=threads)
-    deployed = Runner(art.fixed_model, [name], optimize=True, threads=threads)
-    f_out, q_out = [], []
-    for sample in evals:
-        f_out.append(float_run.run(sample)[name])
-        q_out.append(deployed.run(sample)[name])
+    fn = top1 if mspec.accuracy.function is None else _user_metric(mspec)  # the user's module imported once
+    float_value = _value(mspec, fn, name, _outputs(art.float_model, name, evals, False, threads), labels)
+    deployed = _value(mspec, fn, name, _outputs(art.fixed_model, name, evals, True, threads), labels)
+    return AccuracyResult(mspec.accuracy.metric, name, float_value, deployed, len(evals), mspec.accuracy.max_drop)
+
+
+def deployed_accuracy(mspec: ModelSpec, model: Path, evals: Samples, threads: int = 0) -> float:
+    """The task accuracy of one deployable model (a remedy attempt's fixed.onnx, all optimizations on)."""
+    labels = load_labels(mspec, len(evals))
+    name = _output(mspec, onnx.load(str(model), load_external_data=False))
+    fn = top1 if mspec.accuracy.function is None else _user_metric(mspec)
+    return _value(mspec, fn, name, _outputs(model, name, evals, True, threads), labels)
+
+
+def _outputs(model: Path, name: str, evals: Samples, optimize: bool, threads: int) -> list[np.ndarray]:
+    run = Runner(model, [name], optimize=optimize, threads=threads)
+    return [run.run(sample)[name] for sample in evals]
+
+
+def _value(mspec: ModelSpec, fn, name: str, outputs: list[np.ndarray], labels: np.ndarray) -> float:
     if fn is top1:
-        _scorable(mspec, name, f_out, labels)
-        return AccuracyResult(gate.metric, name, top1(f_out, labels), top1(q_out, labels), len(evals), gate.max_drop)
+        _scorable(mspec, name, outputs, labels)
+        return top1(outputs, labels)
     # A user metric gets one array when every sample's output has the same shape, else the list of them
     # (samples of different sizes cannot be stacked).
-    same = len({o.shape for o in f_out}) == 1
-    f_arg, q_arg = (np.stack(f_out), np.stack(q_out)) if same else (f_out, q_out)
-    return AccuracyResult(gate.metric, name, _score(mspec, fn, f_arg, labels), _score(mspec, fn, q_arg, labels),
-                          len(evals), gate.max_drop)
-
-
+    arg = np.stack(outputs) if len({o.shape for o in outputs}) == 1 else outputs
+    return _score(mspec, fn, arg, labels)

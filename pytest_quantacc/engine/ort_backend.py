@@ -116,7 +116,7 @@ def simulate(mspec: ModelSpec, art: Artifacts, evals: Samples, threads: int,
             # Only a failing model pays for the second pass that separates own from inherited error, unless
             # the gate judges every layer on its own error.
             with timed(progress, "own-error pass"):
-                main = _with_own_error(main, art, float_model, layers, evals, passes, threads, plans,
+                main = with_own_error(main, art, float_model, layers, evals, passes, threads, plans,
                                        foreign.float_of if foreign is not None else None)
             main = apply_inheritance(float_model, judge_comparison(main, mspec, out_set))
         comparisons.append(replace(main, diagnosis=diagnose(float_model, main)))
@@ -177,7 +177,7 @@ def oriented(value, layer: Layer):
     return laid_out(value, layer.perm)
 
 
-def _with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.ModelProto, layers: list[Layer],
+def with_own_error(comparison: Comparison, art: Artifacts, float_model: onnx.ModelProto, layers: list[Layer],
                     evals: Samples, passes: Plan, threads: int,
                     plans: dict[str, tuple[PartPlan, ...]],
                     float_of: Mapping[str, tuple[str, tuple[int, ...] | None]] | None = None) -> Comparison:

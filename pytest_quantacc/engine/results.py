@@ -318,11 +318,15 @@ class Attempt:
     cost: dict | None = None
     harmful: bool = False
     model: str | None = None
+    # With the spec's accuracy gate: the deployable model's task accuracy on every evaluation sample (None:
+    # no gate, or the attempt produced no model); ``passes`` then includes the gate.
+    accuracy: float | None = None
 
     def result_json(self) -> dict:
         return {"passes": self.passes, "first_diverging_layer": self.first_diverging_layer,
                 "outputs_cos": self.outputs_cos, "outputs_rmse": self.outputs_rmse,
-                "layer_cos": self.layer_cos, "layer_rmse": self.layer_rmse}
+                "layer_cos": self.layer_cos, "layer_rmse": self.layer_rmse,
+                **({} if self.accuracy is None else {"accuracy": self.accuracy})}
 
     def as_json(self) -> dict:
         return {"label": self.label, "patch": self.patch, **self.result_json(), "seconds": round(self.seconds, 3),

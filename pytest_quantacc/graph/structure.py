@@ -149,3 +149,16 @@ def ancestors(float_model: onnx.ModelProto, tensor: str) -> set[str]:
                 stack.extend(i for i in prod[t].input if i)
     return seen
 
+
+
+def descendants(float_model: onnx.ModelProto, tensors: Iterable[str]) -> set[str]:
+    """``tensors`` and every tensor computed from any of them (transitively), in the main graph."""
+    users = consumers(float_model)
+    seen: set[str] = set()
+    stack = list(tensors)
+    while stack:
+        t = stack.pop()
+        if t not in seen:
+            seen.add(t)
+            stack.extend(o for n in users.get(t, []) for o in n.output if o)
+    return seen

@@ -227,7 +227,8 @@ class QuantaccRun:
                                                                 self.memory_budget, evaluated.prepared, progress,
                                                                 samples=self.remedy_samples,
                                                                 remedy_time=self.remedy_time,
-                                                                use_cache=self.use_cache))
+                                                                use_cache=self.use_cache,
+                                                                accuracy=evaluated.accuracy))
             except (Exception, SystemExit) as exc:  # user code (hooks, metrics) may raise anything but Ctrl-C
                 # Remembered like a result: every item of the model reports it, none of them re-runs it.
                 evaluated = Evaluated(ModelResult(mspec, error=unexpected(mspec.spec_path, mspec.key, exc)))

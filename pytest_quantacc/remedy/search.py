@@ -10,11 +10,10 @@ float vs fixed only, and reports every attempt with the layer's and the outputs'
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import onnx
@@ -23,69 +22,31 @@ from .. import __version__
 from ..convert.prepare import PreparedModel
 from ..convert.quantize import quantize
 from ..convert.workdir import data_key, digest, read_manifest, write_manifest
-from ..engine.judge import finish
+from ..engine.accuracy import deployed_accuracy
+from ..engine.judge import apply_inheritance, finish, judge_comparison
 from ..engine.metrics import Accumulator, Parts, accumulate
-from ..engine.ort_backend import plan_passes
+from ..engine.ort_backend import plan_passes, with_own_error
 from ..engine.passes import default_budget
 from ..engine.progress import Progress, timed
-from ..engine.results import FAILED, SKIPPED, Attempt, Comparison, Diagnosis, ModelResult, TensorStats
+from ..engine.results import FAILED, SKIPPED, AccuracyResult, Attempt, Comparison, Diagnosis, ModelResult, TensorStats
 from ..engine.runner import Runner
 from ..errors import QuantaccInputError
 from ..files import write_text
 from ..graph.match import match_layers
 from ..graph.parts import part_plans
-from ..graph.structure import consumers, prune
-from ..spec.model import ModelSpec, Override, Quantization
+from ..graph.structure import prune
+from ..spec.model import ModelSpec
 from .cost import Latency, cost_json, latency_ms, node_costs, precisions, shares_of
 from .fixfile import patch_yaml
-from .minimal import Gates
-from .minimal import search as minimal_search
+from .mixed import Mixed, MixedSearch
 from .rootcause import Site, explain, gather, site
-from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, local_errors, rank
+from .sensitivity import DEFAULT_SAMPLES, FLOAT, INT16
+from .settings import Knob, apply_patch, spec_patch
 
 DEFAULT_ATTEMPTS = 8
 
 
 _CACHE_BYTES = 256 << 20  # float outputs kept in memory across attempts up to this size
-
-
-@dataclass(frozen=True)
-class _Knob:
-    """One precision step around the root-cause layer: 16 bits for one field of one node, or float."""
-
-    label: str
-    node: str
-    field: str  # "activations" | "weights" | "exclude"
-    score: float  # how damaged the tensor is; the most damaged is raised first
-
-
-def _apply(q: Quantization, patch: dict) -> Quantization:
-    changes = dict(patch)
-    if "overrides" in changes:
-        changes["overrides"] = tuple(Override(n, v.get("activations"), v.get("weights"))
-                                     for n, v in changes["overrides"].items())
-    if "exclude_nodes" in changes:
-        changes["exclude_nodes"] = tuple(changes["exclude_nodes"])
-    return replace(q, **changes)
-
-
-def _patch(q: Quantization, knobs: list[_Knob], base: dict | None = None) -> dict:
-    """The spec patch (complete values of the touched keys) for these knobs on top of ``q``."""
-    patch = dict(base or {})
-    overrides = {o.node: {k: v for k, v in (("activations", o.activations), ("weights", o.weights)) if v}
-                 for o in q.overrides}
-    exclude = list(q.exclude_nodes)
-    for k in knobs:
-        if k.field == "exclude":
-            exclude += [k.node] if k.node not in exclude else []
-        else:
-            overrides.setdefault(k.node, {})[k.field] = "int16"
-    if any(k.field != "exclude" for k in knobs):
-        fields = ("activations", "weights")  # one order, so the snippet reads the same everywhere
-        patch["overrides"] = {n: {f: v[f] for f in fields if f in v} for n, v in overrides.items()}
-    if any(k.field == "exclude" for k in knobs):
-        patch["exclude_nodes"] = exclude
-    return patch
 
 
 def _slug(label: str) -> str:
@@ -96,8 +57,10 @@ class _Trial:
     """Re-convert and re-evaluate one model with patched quantization settings, sharing the float run."""
 
     def __init__(self, mspec: ModelSpec, result: ModelResult, root: str, threads: int,
-                 memory_budget: int | None = None, prepared: PreparedModel | None = None) -> None:
+                 memory_budget: int | None = None, prepared: PreparedModel | None = None,
+                 float_accuracy: float | None = None) -> None:
         art = result.artifacts
+        self.float_accuracy = float_accuracy
         self.mspec, self.art, self.root, self.threads = mspec, art, root, threads
         self.float_model = onnx.load(str(art.float_model), load_external_data=False)
         self.outputs = [o.name for o in self.float_model.graph.output]
@@ -106,8 +69,9 @@ class _Trial:
         fixed = result.comparison("float", "fixed")
         self.tensors = [r.layer.tensor for r in fixed.layers if r.layer.skip is None]
         # Under the memory budget the evaluation had, in as many passes over the graph (chunking.py).
-        self.passes = plan_passes(self.float_model, [r.layer for r in fixed.layers if r.layer.skip is None],
-                                  self.evals, {"float", "fixed"}, memory_budget or default_budget(), 1).passes
+        self.plan = plan_passes(self.float_model, [r.layer for r in fixed.layers if r.layer.skip is None],
+                                self.evals, {"float", "fixed"}, memory_budget or default_budget(), 1)
+        self.passes = self.plan.passes
         self._cache: list[dict] | None = None
 
     def _pairs(self, tensors: list[str]):
@@ -131,7 +95,8 @@ class _Trial:
 
     def run(self, label: str, patch: dict) -> Attempt:
         t0 = time.perf_counter()
-        mspec = replace(self.mspec, quantization=_apply(self.mspec.quantization, patch), modes=("float", "fixed"))
+        mspec = replace(self.mspec, quantization=apply_patch(self.mspec.quantization, patch),
+                        modes=("float", "fixed"))
         sub = self.art.workdir / "remedies" / f"{_slug(label)[:60]}-{digest(json.dumps(patch, sort_keys=True))[:8]}"
         sub.mkdir(parents=True, exist_ok=True)
         # The attempt quantizes the model's own float.onnx into ``sub``: no link or copy of it (onnx refuses
@@ -167,8 +132,19 @@ class _Trial:
                     accumulate(accs, skips, lay.tensor, f.get(lay.tensor), fx.get(lay.fixed_tensor), parts,
                                plans.get(lay.tensor, ()))
         comp = finish(layers, accs, skips, mspec, "float", "fixed", parts, set(self.outputs))
-        found = _attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0)
-        return replace(found, model=str(art.fixed_model))
+        if mspec.gate.layers == "own":  # judged as the evaluation judges it: layers on their own error
+            comp = with_own_error(comp, art, self.float_model, [lay for lay in layers if lay.tensor in by_tensor],
+                                  self.evals, self.plan, self.threads, plans)
+            comp = apply_inheritance(self.float_model, judge_comparison(comp, mspec, set(self.outputs)))
+        found = replace(_attempt(label, patch, comp, self.root, self.outputs, time.perf_counter() - t0),
+                        model=str(art.fixed_model))
+        if self.mspec.accuracy is None:
+            return found
+        # The task decides too: a set that passes every layer but loses accuracy is no remedy.
+        value = deployed_accuracy(self.mspec, art.fixed_model, self.evals, self.threads)
+        drop_ok = self.float_accuracy is None or self.float_accuracy - value <= self.mspec.accuracy.max_drop
+        return replace(found, accuracy=value, passes=found.passes and drop_ok,
+                       seconds=time.perf_counter() - t0)
 
 
 def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list[str], seconds: float) -> Attempt:
@@ -176,13 +152,15 @@ def _attempt(label: str, patch: dict, comp: Comparison, root: str, outputs: list
     layer = next((r for r in measured if r.layer.name == root), None)
     outs = [r for r in measured if r.layer.tensor in outputs]
     first = next((r for r in comp.layers if r.status == FAILED), None)
-    return Attempt(label, patch, first is None, first.layer.name if first else None,
+    # A conversion that quantizes nothing compares nothing: it is the float model, not a remedy.
+    return Attempt(label, patch, first is None and bool(measured), first.layer.name if first else None,
                    layer.summary["cos"] if layer else None, layer.summary["rmse"] if layer else None,
                    min((r.summary["cos"] for r in outs), default=None),
-                   max((r.summary["rmse"] for r in outs), default=None), seconds)
+                   max((r.summary["rmse"] for r in outs), default=None), seconds,
+                   None if measured else "the conversion quantized no tensor: nothing left to compare")
 
 
-def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
+def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[Knob]:
     """Precision steps around the root-cause layer, most damaged tensor first."""
     def damage(role: str) -> float:
         s = next((x for x in stats if x.role == role), None)
@@ -192,14 +170,14 @@ def _knobs(where: Site, stats: tuple[TensorStats, ...]) -> list[_Knob]:
 
     knobs = []
     if where.producer and where.input_tensor:
-        knobs.append(_Knob(f"16-bit input activations ({where.input_tensor}, set on {where.producer})",
+        knobs.append(Knob(f"16-bit input activations ({where.input_tensor}, set on {where.producer})",
                            where.producer, "activations", damage("input")))
     if where.producer_weight:
-        knobs.append(_Knob(f"16-bit weights of the input producer {where.producer}", where.producer, "weights",
+        knobs.append(Knob(f"16-bit weights of the input producer {where.producer}", where.producer, "weights",
                            damage("input producer weights")))
     if where.weight:
-        knobs.append(_Knob(f"16-bit weights of {where.compute}", where.compute, "weights", damage("weights")))
-    knobs.append(_Knob(f"16-bit output activations of {where.node}", where.compute, "activations", damage("output")))
+        knobs.append(Knob(f"16-bit weights of {where.compute}", where.compute, "weights", damage("weights")))
+    knobs.append(Knob(f"16-bit output activations of {where.node}", where.compute, "activations", damage("output")))
     return sorted(knobs, key=lambda k: -k.score)
 
 
@@ -226,33 +204,34 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
         tried.append(a)
         return a
 
+    # Cheapest to compute first: an entropy calibration costs minutes on a large model (its histograms), so it
+    # comes last and only while the time budget lasts.
     whole: list[tuple[str, dict]] = []
     if not q.per_channel:
         whole.append(("per-channel weights", {"per_channel": True}))
     if q.method != "percentile":
         whole.append(("percentile calibration", {"method": "percentile"}))
-    if diagnosis.kind == "gradual" and q.method != "entropy":
-        whole.append(("entropy calibration", {"method": "entropy"}))
-    for label, patch in whole:
-        a = attempt(label, patch)
-        if a is not None and a.passes:
-            return a, tuple(tried)
     if diagnosis.kind == "gradual":
         for label, patch in [("16-bit activations, whole model", {"activations": "int16"}),
                              ("16-bit activations and weights, whole model",
                               {"activations": "int16", "weights": "int16"})]:
             if q.activations != patch["activations"] or q.weights != patch.get("weights", q.weights):
-                a = attempt(label, patch)
-                if a is not None and a.passes:
-                    return a, tuple(tried)
+                whole.append((label, patch))
+        if q.method != "entropy":
+            whole.append(("entropy calibration", {"method": "entropy"}))
+    for label, patch in whole:
+        a = attempt(label, patch)
+        if a is not None and a.passes:
+            return a, tuple(tried)
+    if diagnosis.kind == "gradual":
         return None, tuple(tried)
 
     knobs = _knobs(where, stats)
-    chosen: list[_Knob] = []
+    chosen: list[Knob] = []
     passing: Attempt | None = None
     for knob in knobs:
         chosen.append(knob)
-        a = attempt(" + ".join(k.label for k in chosen), _patch(q, chosen))
+        a = attempt(" + ".join(k.label for k in chosen), spec_patch(q, chosen))
         if a is None:
             break
         if a.passes:
@@ -260,15 +239,15 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
             break
     if passing is None and len(tried) < budget:
         inputs_only = [k for k in knobs if k.node != where.compute]
-        chosen = inputs_only + [_Knob(f"{n} in float", n, "exclude", 0.0)
+        chosen = inputs_only + [Knob(f"{n} in float", n, "exclude", 0.0)
                                 for n in dict.fromkeys([where.compute, where.node])]
-        a = attempt(" + ".join(k.label for k in chosen), _patch(q, chosen))
+        a = attempt(" + ".join(k.label for k in chosen), spec_patch(q, chosen))
         passing = a if a is not None and a.passes else None
     if passing is None:
         return None, tuple(tried)
     for knob in list(reversed(chosen[:-1])):  # shrink: drop earlier steps the others do not need, least damaged first
         rest = [k for k in chosen if k is not knob]
-        a = attempt(" + ".join(k.label for k in rest), _patch(q, rest))
+        a = attempt(" + ".join(k.label for k in rest), spec_patch(q, rest))
         if a is None:
             break
         if a.passes:
@@ -276,115 +255,10 @@ def search(trial: _Trial, diagnosis: Diagnosis, where: Site, stats: tuple[Tensor
     return passing, tuple(tried)
 
 
-@dataclass(frozen=True)
-class Mixed:
-    """What the switchboard search found: the ranking, the chosen sites as a spec patch, and its account."""
-
-    sensitivity: tuple[dict, ...]
-    patch: dict | None
-    label: str | None
-    search: dict
-
-
-def mixed_precision(trial: _Trial, layers: list, samples: int, deadline: float | None,
-                    roots: tuple[str, ...] = (), levels: tuple[int, ...] = (INT16, FLOAT)) -> Mixed:
-    """Rank every quantized site on the first ``samples`` evaluation samples and find a small set to raise.
-
-    One switched session (sensitivity.py) over the float graph with fixed.onnx's own ranges: no
-    re-quantization per candidate. Candidates are judged by the real gates (minimal.Gates: every compared
-    layer and the outputs, per-layer thresholds, known_bad xfails); 16-bit first, float when even every site
-    at 16 bits fails (``levels``). Graph inputs have no node to set a precision on and are not candidates.
-    Sites that write the diagnosis' ``roots`` (layers whose own error breaks) are measured first.
-    """
-    t0 = time.perf_counter()
-    art = trial.art
-    float_full = onnx.load(str(art.float_model))  # with the weights: 16-bit weights are re-quantized from them
-    fixed_full = onnx.load(str(art.fixed_model))
-    tensors = [lay.tensor for lay in layers if lay.skip is None]
-    samples_used = list(itertools.islice(iter(trial.evals), max(1, samples)))
-    try:
-        board = Switchboard(float_full, fixed_full, samples_used, threads=trial.threads, data_dir=art.workdir,
-                            tensors=tensors)
-    except NotSwitchable as exc:  # the whole-model attempts still run
-        return Mixed((), None, None, {"samples": len(samples_used), "sites": 0, "ranked": 0, "evaluations": 0,
-                                      "runs": 0, "inference_seconds": 0.0,
-                                      "seconds": round(time.perf_counter() - t0, 3),
-                                      "level": "int16", "chosen": [], "found": False,
-                                      "cut": [f"no mixed-precision search: {exc}"], "curve": []})
-    gates = Gates(board, layers, trial.mspec, float_full)
-    cut: list[str] = []
-    settable = [x.index for x in board.sites if x.node]  # graph inputs: no setting can raise them
-    few = len(settable) <= FULL_SENSITIVITY_SITES
-    # Many sites: order them by their own quantization error (free), measure the worst MEASURED_SITES alone.
-    local = local_errors(float_full, fixed_full, board)
-    root_nodes = set(roots)
-    root_tensors = {lay.tensor for lay in layers if lay.name in root_nodes}
-    pre = sorted(settable, key=lambda i: (board.sites[i].node not in root_nodes
-                                          and board.sites[i].tensor not in root_tensors, -local[i]))
-    chosen_first = pre if few else pre[:MEASURED_SITES]
-    ranking, measured = rank(board, gates=gates.margin_of, deadline=deadline, both_ways=few, only=chosen_first)
-    if measured < len(chosen_first):
-        cut.append(f"remedy time spent: sensitivity measured for {measured} of {len(chosen_first)} sites")
-    done = {r.site.index for r in ranking}
-    rest = [i for i in pre if i not in done]
-    candidates = [r.site.index for r in ranking] + rest
-    rows = [{**r.as_json(), "local_error": local[r.site.index]} for r in ranking] + [
-        {"node": board.sites[i].node, "site": board.sites[i].tensor, "kind": board.sites[i].kind,
-         "metric": "local rmse", "score": local[i], "alone": None, "left_float": None, "raised": None,
-         "local_error": local[i]} for i in rest]
-    found, level = None, INT16
-    for level in levels:
-        found = minimal_search(candidates, gates.predicate(level), deadline=deadline)
-        if found.cut:
-            cut.append(f"remedy time spent: set search stopped ({found.cut})")
-        if found.sites is not None or found.cut:
-            break
-    chosen = [board.sites[i] for i in sorted(found.sites or ())]
-    curve = [{"k": len(sites), "level": _LEVEL_NAMES[lv], "sites": sorted(board.sites[i].tensor for i in sites),
-              "passes": v.passes, "margin": v.margin, "first_diverging_layer": v.first_diverging_layer,
-              "outputs_cos": v.outputs_cos, "outputs_rmse": v.outputs_rmse}
-             for (sites, lv), v in gates.verdicts.items()]
-    account = {"samples": len(samples_used), "sites": len(board.sites), "ranked": measured,
-               "evaluations": found.evaluations, "runs": board.runs, "inference_seconds": round(board.seconds, 3),
-               "seconds": round(time.perf_counter() - t0, 3), "level": _LEVEL_NAMES[level],
-               "chosen": [{"node": x.node, "site": x.tensor, "kind": x.kind} for x in chosen],
-               "found": found.sites is not None, "cut": cut, "curve": curve}
-    if not chosen:
-        return Mixed(tuple(rows), None, None, account)
-    knobs = [_site_knob(x, level, _setting_node(float_full, x)) for x in chosen]
-    label = f"mixed precision: {' + '.join(k.label for k in knobs)}" if len(knobs) <= 4 else (
-        f"mixed precision: {len(knobs)} sites {'in float' if level == FLOAT else 'at 16 bits'} "
-        f"({sum(x.kind == 'activation' for x in chosen)} activations, {sum(x.kind == 'weight' for x in chosen)} "
-        f"weights; first {', '.join(k.node for k in knobs[:3])})")
-    return Mixed(tuple(rows), _patch(trial.mspec.quantization, knobs), label, account)
-
-
-_LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
-FULL_SENSITIVITY_SITES = 64  # up to this many sites, measure every one, also left in float and raised (3 runs)
-MEASURED_SITES = 48  # beyond: the sites with the largest own quantization error are measured alone
-
-
-def _setting_node(float_model: onnx.ModelProto, x: QuantSite) -> str:
-    """Where a site's 16-bit setting goes: its node, except that the output of a Relu/Clip the quantizer folds
-    into its producer (the producer's only consumer) is set on that producer, as people write it (convert/
-    quantize.py's overrides follow the fold)."""
-    if x.kind != "activation":
-        return x.node
-    made = {t: n for n in float_model.graph.node for t in n.output}
-    users = consumers(float_model)
-    node = next((n for n in float_model.graph.node if n.name == x.node), None)
-    if node is None or node.op_type not in ("Relu", "Clip") or node.input[0] not in made:
-        return x.node
-    return made[node.input[0]].name if len(users.get(node.input[0], [])) == 1 else x.node
-
-
-def _site_knob(x: QuantSite, level: int, node: str) -> _Knob:
-    """A site's precision as a spec setting on ``node``: its weights or output activations at 16 bits, or the
-    node (a weight's consumer, an activation's producer) left in float."""
-    if level == FLOAT:
-        return _Knob(f"{x.node} in float", x.node, "exclude", 0.0)
-    field = "weights" if x.kind == "weight" else "activations"
-    return _Knob(f"16-bit {field} of {node}", node, field, 0.0)
+def _after(second: Mixed, first: Mixed) -> Mixed:
+    """``second`` (a later level's search) with what the ``first`` level found kept in its account."""
+    kept = {k: first.search.get(k) for k in ("level", "chosen", "evaluations", "verified", "curve", "checks")}
+    return Mixed(second.sensitivity, second.patch, second.label, {**second.search, "first": kept})
 
 
 def _default_outputs(fixed: Comparison, outputs: list[str]) -> tuple[float | None, float | None]:
@@ -392,9 +266,12 @@ def _default_outputs(fixed: Comparison, outputs: list[str]) -> tuple[float | Non
     return min((r.summary["cos"] for r in outs), default=None), max((r.summary["rmse"] for r in outs), default=None)
 
 
-def harmful(a: Attempt, cos: float | None, rmse: float | None) -> bool:
-    """The attempt's outputs are clearly worse than the default conversion's: 1 - cos or the relative rmse
-    grows by more than 5% (and 1e-4), so measurement noise of an equivalent conversion is not called harm."""
+def harmful(a: Attempt, cos: float | None, rmse: float | None, accuracy: AccuracyResult | None = None) -> bool:
+    """The attempt is clearly worse than the default conversion: its outputs' 1 - cos or relative rmse grows by
+    more than 5% (and 1e-4), so measurement noise of an equivalent conversion is not called harm, or (with the
+    accuracy gate) its deployable accuracy is lower than the default's by more than half the allowed drop."""
+    if accuracy is not None and a.accuracy is not None and a.accuracy < accuracy.offline_value - accuracy.max_drop / 2:
+        return True
     if a.outputs_cos is None or a.outputs_rmse is None or cos is None or rmse is None:
         return False
     return (1.0 - a.outputs_cos) > (1.0 - cos) * 1.05 + 1e-4 or a.outputs_rmse > rmse * 1.05 + 1e-4
@@ -454,7 +331,8 @@ def search_line(d: Diagnosis) -> str:
     parts = [f"remedy search: {s.get('ranked', 0)}/{s.get('sites', 0)} sites ranked on {s.get('samples', 0)} "
              f"samples, {s.get('evaluations', 0)} set evaluations; {s.get('level', 'int16')} set: {chosen}"
              + ("" if s.get("verified", True) else " (failed verification)"),
-             f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('seconds', 0.0):.1f} s, re-conversions "
+             f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('switchboard_seconds', 0.0):.1f} s, "
+             f"re-conversions "
              f"{s.get('attempts_seconds', 0.0):.1f} s)"]
     if d.cost and "latency_ms" in d.cost:
         parts.append(f"offered: {_cost_line(d.cost)}")
@@ -468,9 +346,10 @@ def search_line(d: Diagnosis) -> str:
     return "; ".join(parts)
 
 
-def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: float | None) -> str:
+def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: float | None,
+               accuracy: AccuracyResult | None = None) -> str:
     """What deepen's output depends on: the converted models, the spec entry (data, settings, thresholds,
-    known_bad), the measured comparison and the search settings."""
+    known_bad), the measured comparison and accuracy (labels and metric show in it), and the search settings."""
     art = result.artifacts
     fixed = result.comparison("float", "fixed")
     measured = [(r.layer.tensor, r.status, r.summary.mean if r.summary else None) for r in fixed.layers]
@@ -478,7 +357,8 @@ def search_key(result: ModelResult, attempts: int, samples: int, remedy_time: fl
     return digest(__version__, json.dumps(read_manifest(art.workdir), sort_keys=True, default=str),
                   json.dumps(asdict(m), sort_keys=True, default=str),
                   data_key(m.evaluation.path, art.workdir), data_key(m.calibration.path, art.workdir),
-                  json.dumps(measured, sort_keys=True, default=str), str(attempts), str(samples), str(remedy_time))
+                  json.dumps(measured, sort_keys=True, default=str), str(attempts), str(samples), str(remedy_time),
+                  "" if accuracy is None else repr((accuracy.float_value, accuracy.offline_value)))
 
 
 _STORED = "remedies.json"  # beside results.json in the model's work folder
@@ -511,7 +391,7 @@ def _stored(result: ModelResult, key: str, base: Diagnosis) -> Diagnosis | None:
 def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMPTS,
            memory_budget: int | None = None, prepared: PreparedModel | None = None,
            progress: Progress | None = None, samples: int = DEFAULT_SAMPLES, remedy_time: float | None = None,
-           use_cache: bool = True) -> ModelResult:
+           use_cache: bool = True, accuracy: AccuracyResult | None = None) -> ModelResult:
     """Add the root-cause statistics and, for a failing model, a verified remedy to the float-vs-fixed diagnosis.
 
     Statistics cost one short float pass over a few tensors. For a failing model (a layer fails, not xfails)
@@ -521,15 +401,18 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
     remedies are ranked by measured deployment cost. ``remedy_time`` (seconds) bounds the search. With
     ``use_cache`` the output is stored in the model's work folder and reused while nothing it depends on
     changed, so a warm re-run runs no inference. ``progress`` is told when each phase starts and ends.
+    ``accuracy`` (the default conversion's, when the spec has an accuracy gate): every verified attempt is
+    scored on the task too, passes only within the gate's drop, and is harmful when it loses accuracy.
     """
     fixed = result.comparison("float", "fixed")
     if result.error is not None or result.artifacts is None or fixed is None or fixed.diagnosis is None:
         return result
     attempts = attempts if any(r.status == FAILED for r in fixed.layers) else 0  # xfailed only: statistics
-    key = search_key(result, attempts, samples, remedy_time) if use_cache else None
+    key = search_key(result, attempts, samples, remedy_time, accuracy) if use_cache else None
     new = _stored(result, key, fixed.diagnosis) if key else None
     if new is None:
-        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time, progress)
+        new = _deepen(result, fixed, threads, attempts, memory_budget, prepared, samples, remedy_time, progress,
+                      accuracy)
         if new is not None and key:
             write_text(result.artifacts.workdir / _STORED,
                        json.dumps({"key": key, "added": {k: v for k, v in asdict(new).items() if k in _ADDED}},
@@ -542,7 +425,7 @@ def deepen(result: ModelResult, threads: int = 0, attempts: int = DEFAULT_ATTEMP
 
 def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int, memory_budget: int | None,
             prepared: PreparedModel | None, samples: int, remedy_time: float | None,
-            progress: Progress | None) -> Diagnosis | None:
+            progress: Progress | None, accuracy: AccuracyResult | None) -> Diagnosis | None:
     t_start = time.monotonic()
     deadline = None if remedy_time is None else t_start + remedy_time
     d: Diagnosis = fixed.diagnosis
@@ -551,7 +434,8 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     layers = [r.layer for r in fixed.layers]
     try:
         where = site(float_model, layers, d.layer)
-        trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared)
+        trial = _Trial(result.spec, result, d.layer, threads, memory_budget, prepared,
+                       accuracy.float_value if accuracy is not None else None)
     except (KeyError, QuantaccInputError):
         return None
     stats = gather(float_model, fixed_model, layers, where, trial.evals, result.artifacts.float_model, trial.calib)
@@ -560,13 +444,21 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
         why.append(f"{where.input_tensor} is quantized once for {', '.join(where.shared)} too (they share its scale "
                    f"and zero point): its precision is set on {where.producer}")
     why += explain(stats)
-    remedy, tried, mixed, cut = None, [], None, []
+    remedy, tried, mixed, cut, board_seconds = None, [], None, [], 0.0
     foreign = result.spec.quantized  # another tool's quantized model: nothing here can re-quantize it
     if attempts > 0 and foreign is None:
         roots = tuple(r.layer for r in d.roots)
-        with timed(progress, "remedy search: sensitivity and set search"):
-            mixed = mixed_precision(trial, layers, samples, deadline, roots)
+        t_board = time.perf_counter()
+        with timed(progress, "remedy search: sensitivity of every site"):
+            board = MixedSearch(str(trial.art.float_model), str(trial.art.fixed_model), trial.art.workdir,
+                                trial.mspec, fixed.layers, trial.evals, samples, trial.threads, deadline, roots)
+        with timed(progress, "remedy search: a set at 16 bits"):
+            mixed = board.find(INT16)
+        if mixed.patch is None and not mixed.search["cut"]:  # not even every site at 16 bits passes
+            with timed(progress, "remedy search: a set left in float"):
+                mixed = _after(board.find(FLOAT), mixed)
         cut += mixed.search["cut"]
+        board_seconds = time.perf_counter() - t_board
         if mixed.patch is not None:
             with timed(progress, f"remedy: verifying {mixed.label}"):
                 a = trial.run(mixed.label, mixed.patch)
@@ -574,19 +466,18 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
             mixed.search["verified"] = a.passes
             if not a.passes and mixed.search["level"] == "int16" and len(tried) < attempts and (
                     deadline is None or time.monotonic() < deadline):
-                # The int16 set passed on the ranking samples only: a set left in float is the next candidate.
+                # The int16 set failed the real conversion: a set left in float is the next candidate.
+                t_float = time.perf_counter()
                 with timed(progress, "remedy search: a set left in float"):
-                    in_float = mixed_precision(trial, layers, samples, deadline, roots, (FLOAT,))
-                cut += in_float.search["cut"]
+                    in_float = _after(board.find(FLOAT), mixed)
+                board_seconds += time.perf_counter() - t_float
+                cut += [c for c in in_float.search["cut"] if c not in cut]
                 if in_float.patch is not None:
                     with timed(progress, f"remedy: verifying {in_float.label}"):
                         b = trial.run(in_float.label, in_float.patch)
                     tried.append(b)
                     in_float.search["verified"] = b.passes
-                    mixed = Mixed(mixed.sensitivity, in_float.patch, in_float.label,
-                                  {**in_float.search, "first": {k: mixed.search[k] for k in
-                                                                ("level", "chosen", "evaluations", "verified")}})
-                    a = b
+                    mixed, a = in_float, b
             q = trial.mspec.quantization
             # A whole-model int8 setting is cheaper than any 16-bit set when it passes: worth one conversion
             # when the set raises weights (what per-channel scales address).
@@ -608,7 +499,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
             cut.append(f"latency not measured: {type(exc).__name__}: {str(exc).strip()[:200]}")
     cost_seconds = time.perf_counter() - t_cost
     base_cos, base_rmse = _default_outputs(fixed, trial.outputs)
-    tried = [replace(a, harmful=harmful(a, base_cos, base_rmse)) for a in tried]
+    tried = [replace(a, harmful=harmful(a, base_cos, base_rmse, accuracy)) for a in tried]
     passing = by_cost([a for a in tried if a.passes])
     remedy = passing[0] if passing else None
     todo = [_site_aware(t, where) for t in d.todo]
@@ -642,6 +533,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     account = None
     if mixed is not None:
         account = {**mixed.search, "cut": cut, "cache": "computed", "time_budget": remedy_time,
+                   "switchboard_seconds": round(board_seconds, 3),
                    "attempts_seconds": round(sum(a.seconds for a in tried), 3), "cost_seconds": round(cost_seconds, 3),
                    "total_seconds": round(time.monotonic() - t_start, 3),
                    "ranking": [a.label for a in passing]}

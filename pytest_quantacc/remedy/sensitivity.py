@@ -18,7 +18,7 @@ A bias (int32, scale = input scale x weight scale) follows its weight's switch a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -199,10 +199,12 @@ def find_sites(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto) -> tu
     return sites, params
 
 
-def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
-          levels: Sequence[int] | None = None) -> tuple[onnx.ModelProto, list[QuantSite]]:
+def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, levels: Sequence[int] | None = None,
+          wide: bool = True) -> tuple[onnx.ModelProto, list[QuantSite]]:
     """The float graph with fixed.onnx's sites re-created: behind switches (``levels`` None) or fixed at
-    ``levels`` (one per site: FLOAT, INT8 or INT16), the latter being a plain QDQ model ONNX Runtime can fuse."""
+    ``levels`` (one per site: FLOAT, INT8 or INT16), the latter being a plain QDQ model ONNX Runtime can fuse.
+    A switched graph without ``wide`` has no 16-bit branch (float / int8 only): a run computes every branch
+    of every switch, and the 16-bit one is half of that work."""
     sites, params = find_sites(float_model, fixed_model)
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
@@ -228,8 +230,10 @@ def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
         """``out`` = the site's value at its level (switched: selected at run time by the site's flags)."""
         p = f"quantacc_s{site.index}"
         if switched:
-            nodes += [helper.make_node("Where", [f"{p}_wide", d16, d8], [f"{q}_bits"], name=f"{q}_pick_bits"),
-                      helper.make_node("Where", [f"{p}_on", f"{q}_bits", x], [out], name=f"{q}_pick")]
+            if wide:
+                nodes.append(helper.make_node("Where", [f"{p}_wide", d16, d8], [f"{q}_bits"], name=f"{q}_pick_bits"))
+            bits = f"{q}_bits" if wide else d8
+            nodes.append(helper.make_node("Where", [f"{p}_on", bits, x], [out], name=f"{q}_pick"))
         else:
             src = {FLOAT: x, INT8: d8, INT16: d16}[levels[site.index]]
             nodes.append(helper.make_node("Identity", [src], [out], name=f"{q}_pick"))
@@ -239,16 +243,18 @@ def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
     for site, par in zip(sites, params):
         p = f"quantacc_s{site.index}"
         level = None if switched else levels[site.index]
+        sixteen = level == INT16 or (level is None and wide)
         if switched:  # the site's two flags, read once from the switch vectors
             idx = const(f"{p}_index", np.array(site.index, np.int64))
-            head += [helper.make_node("Gather", [ON_INPUT, idx], [f"{p}_on"], name=f"{p}_on"),
-                     helper.make_node("Gather", [WIDE_INPUT, idx], [f"{p}_wide"], name=f"{p}_wide")]
+            head.append(helper.make_node("Gather", [ON_INPUT, idx], [f"{p}_on"], name=f"{p}_on"))
+            if wide:
+                head.append(helper.make_node("Gather", [WIDE_INPUT, idx], [f"{p}_wide"], name=f"{p}_wide"))
         axis = {} if par.axis is None else {"axis": par.axis}
         s16, zp16 = wide_params(par.scale, par.zero_point)
         nodes: list[onnx.NodeProto] = []
         if site.kind == "activation":
             s, zp = const(f"{p}_scale", par.scale), const(f"{p}_zp", par.zero_point)
-            if level in (None, INT16):
+            if sixteen:
                 w_s, w_zp = const(f"{p}_scale16", s16), const(f"{p}_zp16", zp16)
             for j, t in enumerate((site.tensor, *site.shared)):
                 producer, nodes, q = f_prod.get(t, ""), [], f"{p}_{j}"
@@ -259,7 +265,7 @@ def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
                               helper.make_node("DequantizeLinear", [f"{q}_q8", s, zp], [f"{q}_d8"], name=f"{q}_d8",
                                                **axis)]
                     d8 = f"{q}_d8"
-                if level in (None, INT16):
+                if sixteen:
                     nodes += [helper.make_node("QuantizeLinear", [x, w_s, w_zp], [f"{q}_q16"], name=f"{q}_q16",
                                                domain=_MS, **axis),
                               helper.make_node("DequantizeLinear", [f"{q}_q16", w_s, w_zp], [f"{q}_d16"],
@@ -284,7 +290,7 @@ def build(float_model: onnx.ModelProto, fixed_model: onnx.ModelProto,
             ins = [const(f"{p}_w8", par.quantized), const(f"{p}_scale", par.scale), const(f"{p}_zp", par.zero_point)]
             nodes.append(helper.make_node("DequantizeLinear", ins, [f"{p}_d8"], name=f"{p}_d8", **axis))
             d8 = f"{p}_d8"
-        if level in (None, INT16):
+        if sixteen:
             w16 = _quantize_np(float_values[site.tensor], s16, zp16, par.axis)
             ins = [const(f"{p}_w16", w16), const(f"{p}_scale16", s16), const(f"{p}_zp16", zp16)]
             nodes.append(helper.make_node("DequantizeLinear", ins, [f"{p}_d16"], name=f"{p}_d16", domain=_MS, **axis))
@@ -344,12 +350,15 @@ class Switchboard:
     """
 
     def __init__(self, float_model: onnx.ModelProto, fixed_model: onnx.ModelProto, samples: Sequence[dict],
-                 threads: int = 1, data_dir: Path | None = None, tensors: Sequence[str] = ()) -> None:
-        model, self.sites = build(float_model, fixed_model)
+                 threads: int = 1, data_dir: Path | None = None, tensors: Sequence[str] = (),
+                 wide: bool = True) -> None:
+        model, self.sites = build(float_model, fixed_model, wide=wide)
+        self.wide = wide
         self.outputs = [o.name for o in float_model.graph.output]
         self.kept = set(self.outputs) | set(tensors)
         self.samples = list(samples)
         self._runner = Runner(model, list(tensors), optimize=False, threads=threads, data_dir=data_dir)
+        self.threads = threads
         self.runs = 0
         self.seconds = 0.0
         self.reference = self.run([FLOAT] * len(self.sites))
@@ -360,14 +369,26 @@ class Switchboard:
 
     def each(self, levels: Sequence[int]) -> Iterator[dict[str, np.ndarray]]:
         """``run`` one sample at a time, so a consumer that reduces as it goes holds one sample's tensors."""
-        lv = np.asarray(levels)
-        flags = {ON_INPUT: lv != FLOAT, WIDE_INPUT: lv == INT16}
         for s in self.samples:
-            t0 = time.perf_counter()
-            out = {o: v for o, v in self._runner.run({**s, **flags}).items() if o in self.kept}
-            self.runs += 1
-            self.seconds += time.perf_counter() - t0
-            yield out
+            yield self.run_one(levels, s)
+
+    def run_one(self, levels: Sequence[int], sample: dict) -> dict[str, np.ndarray]:
+        """One configuration on one sample (any sample, not only the board's)."""
+        lv = np.asarray(levels)
+        if not self.wide and (lv == INT16).any():
+            raise ValueError("this switchboard was built without 16-bit branches")
+        t0 = time.perf_counter()
+        out = {o: v for o, v in self._runner.run({**sample, ON_INPUT: lv != FLOAT, WIDE_INPUT: lv == INT16}).items()
+               if o in self.kept}
+        self.runs += 1
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def add_samples(self, samples: Sequence[dict]) -> None:
+        """Judge every configuration on these samples too (their float reference is run now)."""
+        for s in samples:
+            self.samples.append(s)
+            self.reference.append(self.run_one([FLOAT] * len(self.sites), s))
 
     def effect(self, levels: Sequence[int]) -> Effect:
         return effect(self.reference, self.run(levels), self.outputs)
@@ -427,14 +448,16 @@ def _relative_rmse(pairs: list[tuple[np.ndarray, np.ndarray]], axis: int | None)
     return float(np.median(np.sqrt(num[live] / den[live]))) if live.any() else 0.0
 
 
-def rank(board: Switchboard, metric: str = "cos", gates: Callable[[Iterable[dict]], float] | None = None,
+def rank(board: Switchboard, metric: str = "cos",
+         gates: Callable[[Sequence[int], list[dict]], float] | None = None,
          deadline: float | None = None, both_ways: bool = True,
          only: Sequence[int] | None = None) -> tuple[list[Sensitivity], int]:
     """Every site measured three ways, most sensitive (to being quantized alone) first; returns the ranking and
     how many sites were measured before ``deadline`` (``time.monotonic()``; the rest are left out).
 
     ``metric`` "cos" scores by 1 - cos of the outputs, "rmse" by their relative rmse; ``gates`` (a function of
-    one configuration's values, the worst normalized margin of the gated layers, below 0 when one fails)
+    one configuration's levels, filling the list with its outputs: the worst normalized margin of the gated
+    layers, below 0 when one fails)
     scores by how far quantizing the site alone pushes the gates ("gate margin": 1 - margin), which sees a
     layer the outputs hide. Ties keep fixed.onnx's order. ``both_ways`` False measures only "alone" (one
     run per site instead of three: what a large model's search can afford). ``only`` (site indices) measures
@@ -448,12 +471,7 @@ def rank(board: Switchboard, metric: str = "cos", gates: Callable[[Iterable[dict
         levels = [INT8 if i == site.index else FLOAT for i in range(n)]
         if gates is not None:  # one pass: the gates reduce every tensor, the outputs are kept for the effect
             kept: list[dict] = []
-
-            def stream(levels=levels, kept=kept) -> Iterator[dict]:
-                for v in board.each(levels):
-                    kept.append({o: v[o] for o in board.outputs})
-                    yield v
-            gate_margin = gates(stream())
+            gate_margin = gates(levels, kept)
             alone = effect(board.reference, kept, board.outputs)
         else:
             alone = board.effect(levels)
