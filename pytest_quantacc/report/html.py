@@ -337,6 +337,7 @@ def _sensitivity(d) -> str:
            f'<th class="l"></th></tr>{bars}</table>']
     curve = (d.search or {}).get("curve", ())
     if curve:
+        out.append(_curve_svg(curve))
         body = "".join(f'<tr class="{"" if c["passes"] else "row-failed"}"><td>{c["k"]}</td><td class="l">'
                        f'{_e(c["level"])}</td><td>{fmt_num(c["margin"])}</td><td class="l">'
                        f'{_e(c["first_diverging_layer"] or "-")}</td><td>{fmt_num(c["outputs_cos"])}</td></tr>'
@@ -344,6 +345,35 @@ def _sensitivity(d) -> str:
         out.append('<h3>Sets judged (k sites raised)</h3><table><tr><th>k</th><th class="l">level</th>'
                    f'<th>gate margin</th><th class="l">first diverging</th><th>outputs cos</th></tr>{body}</table>')
     return "".join(out)
+
+
+def _curve_svg(curve: list[dict]) -> str:
+    """The search's curve as a chart: k sites raised (x) against the worst gate margin (y, clipped to [-1, 1];
+    above 0 every gate passes), one dot per set judged, green passing, red failing."""
+    w, h, left, top = 480, 160, 40, 10
+    kmax = max(max(c["k"] for c in curve), 1)
+
+    def y(m: float) -> float:
+        return top + (1.0 - max(-1.0, min(1.0, m))) / 2.0 * h
+
+    dots = "".join(
+        f'<circle cx="{left + c["k"] / kmax * w:.1f}" cy="{y(c["margin"]):.1f}" r="3" '
+        f'fill="{"#2e7d32" if c["passes"] else "#c0392b"}"><title>k={c["k"]} ({_e(c["level"])}): margin '
+        f'{fmt_num(c["margin"])}, first diverging {_e(c["first_diverging_layer"] or "-")}</title></circle>'
+        for c in curve)
+    return (f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {left + w + 10} {top + h + 30}" '
+            f'width="{left + w + 10}" role="img" aria-label="gate margin against sites raised" '
+            f'style="font-size:11px">'
+            f'<line x1="{left}" x2="{left + w}" y1="{y(0.0):.1f}" y2="{y(0.0):.1f}" stroke="#9aa3af" '
+            f'stroke-dasharray="4 3"/>'
+            f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + h}" stroke="#9aa3af"/>'
+            f'<text x="{left - 4}" y="{y(1.0) + 4:.1f}" text-anchor="end">1</text>'
+            f'<text x="{left - 4}" y="{y(0.0) + 4:.1f}" text-anchor="end">0</text>'
+            f'<text x="{left - 4}" y="{y(-1.0) + 4:.1f}" text-anchor="end">-1</text>'
+            f'<text x="{left}" y="{top + h + 14}">0</text>'
+            f'<text x="{left + w}" y="{top + h + 14}" text-anchor="end">{kmax}</text>'
+            f'<text x="{left + w / 2:.0f}" y="{top + h + 26}" text-anchor="middle">sites raised (k); '
+            f'y: worst gate margin</text>{dots}</svg>')
 
 
 def _agreement(result: ModelResult) -> str:
