@@ -28,9 +28,9 @@ from .settings import Knob, spec_patch
 
 LEVEL_NAMES = {INT16: "int16", FLOAT: "float", INT8: "int8"}
 FULL_SENSITIVITY_SITES = 64  # up to this many sites, measure every one, also left in float and raised (3 runs)
-MEASURED_SITES = 48  # beyond: the sites with the largest own quantization error are measured alone
+MEASURED_SITES = 32  # beyond: the sites with the largest own quantization error are measured alone
 CURVE_SITES = 32  # a curve point names its sites up to this many (a report line per point, not a site list)
-WATCH_MARGIN = 0.5  # a passing layer this close to a threshold (normalized margin) is watched by the search
+WATCH_MARGIN = 0.25  # a passing layer this close to a threshold (normalized margin) is watched by the search
 CHECK_ROUNDS = 2  # times a set failing on the other evaluation samples is searched again with the failures
 
 

@@ -328,9 +328,16 @@ def search_line(d: Diagnosis) -> str:
     picked = list(s.get("chosen", ()))
     chosen = ", ".join(f"{x['site']} ({x['kind']})" for x in picked[:4]) + (
         f" (+{len(picked) - 4} more)" if len(picked) > 4 else "") if picked else "none"
+    first = s.get("first") or {}
+    before = ""
+    if first:
+        ceiling = next((c for c in first.get("checks") or () if c.get("failing")), None)
+        before = ("int16: even every site at 16 bits fails (all samples checked); "
+                  if ceiling and not first.get("chosen") else
+                  "int16 set failed verification; " if first.get("chosen") else "no int16 set; ")
     parts = [f"remedy search: {s.get('ranked', 0)}/{s.get('sites', 0)} sites ranked on {s.get('samples', 0)} "
-             f"samples, {s.get('evaluations', 0)} set evaluations; {s.get('level', 'int16')} set: {chosen}"
-             + ("" if s.get("verified", True) else " (failed verification)"),
+             f"samples, {s.get('evaluations', 0) + first.get('evaluations', 0)} set evaluations; {before}"
+             f"{s.get('level', 'int16')} set: {chosen}" + ("" if s.get("verified", True) else " (failed verification)"),
              f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('switchboard_seconds', 0.0):.1f} s, "
              f"re-conversions "
              f"{s.get('attempts_seconds', 0.0):.1f} s)"]
