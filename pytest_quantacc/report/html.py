@@ -315,7 +315,8 @@ def _diagnosis(comparison: Comparison) -> str:
 def _cost_cells(a) -> str:
     """Latency beside int8 and float, the MAC share left at int8, and the attempt's labels (harmful, slow)."""
     c = a.cost or {}
-    notes = (["harmful"] if a.harmful else []) + (["slower than float"] if c.get("slower_than_float") else [])
+    notes = ((["harmful"] if a.harmful else []) + (["slower than float"] if c.get("slower_than_float") else [])
+             + ([f"task accuracy {a.accuracy:.4g}"] if a.accuracy is not None else []))
     lat = (f"{c['latency_ms']:.3g} ({c['latency_int8_ms']:.3g} / {c['latency_float_ms']:.3g})"
            if "latency_ms" in c else "-")
     share = f"{100 * c['shares']['macs_8']:.1f}%" if "shares" in c else "-"
@@ -327,12 +328,13 @@ def _sensitivity(d) -> str:
     rows = list(d.sensitivity[:12])
     if not rows:
         return ""
-    top = max(max(r["score"] for r in rows), 1e-12)
+    top = math.log1p(max(max(r["score"] for r in rows), 1e-12))  # bars on a log scale: one destroyed site
+    # (score 100: its slice lost every level) would flatten the others
     bars = "".join(
         f'<tr><td class="l">{_e(r["site"])}</td><td class="l">{_e(r["kind"])}</td><td class="l">{_e(r["node"])}</td>'
         f'<td>{fmt_num(r["score"])}</td><td class="l"><div style="background:#c0392b;height:0.8em;'
-        f'width:{max(0.0, r["score"]) / top * 200:.0f}px"></div></td></tr>' for r in rows)
-    out = [f'<h3>Sensitivity ({_e(rows[0]["metric"])}, quantized alone; most sensitive first)</h3>'
+        f'width:{math.log1p(max(0.0, r["score"])) / top * 200:.0f}px"></div></td></tr>' for r in rows)
+    out = [f'<h3>Sensitivity ({_e(rows[0]["metric"])}, quantized alone; most sensitive first; bars: log scale)</h3>'
            '<table><tr><th class="l">site</th><th class="l">kind</th><th class="l">node</th><th>score</th>'
            f'<th class="l"></th></tr>{bars}</table>']
     curve = (d.search or {}).get("curve", ())
@@ -353,11 +355,14 @@ def _curve_svg(curve: list[dict]) -> str:
     w, h, left, top = 480, 160, 40, 10
     kmax = max(max(c["k"] for c in curve), 1)
 
+    def x(k: int) -> float:  # log scale: sets of 3 and of 300 sites both stay readable
+        return left + math.log1p(k) / math.log1p(kmax) * w
+
     def y(m: float) -> float:
         return top + (1.0 - max(-1.0, min(1.0, m))) / 2.0 * h
 
     dots = "".join(
-        f'<circle cx="{left + c["k"] / kmax * w:.1f}" cy="{y(c["margin"]):.1f}" r="3" '
+        f'<circle cx="{x(c["k"]):.1f}" cy="{y(c["margin"]):.1f}" r="3" '
         f'fill="{"#2e7d32" if c["passes"] else "#c0392b"}"><title>k={c["k"]} ({_e(c["level"])}): margin '
         f'{fmt_num(c["margin"])}, first diverging {_e(c["first_diverging_layer"] or "-")}</title></circle>'
         for c in curve)
@@ -370,9 +375,10 @@ def _curve_svg(curve: list[dict]) -> str:
             f'<text x="{left - 4}" y="{y(1.0) + 4:.1f}" text-anchor="end">1</text>'
             f'<text x="{left - 4}" y="{y(0.0) + 4:.1f}" text-anchor="end">0</text>'
             f'<text x="{left - 4}" y="{y(-1.0) + 4:.1f}" text-anchor="end">-1</text>'
-            f'<text x="{left}" y="{top + h + 14}">0</text>'
-            f'<text x="{left + w}" y="{top + h + 14}" text-anchor="end">{kmax}</text>'
-            f'<text x="{left + w / 2:.0f}" y="{top + h + 26}" text-anchor="middle">sites raised (k); '
+            + "".join(f'<text x="{x(k):.1f}" y="{top + h + 14}" text-anchor="middle">{k}</text>'
+                      for k in (0, 1, 10, 100, 1000, 10000) if k < kmax)
+            + f'<text x="{left + w}" y="{top + h + 14}" text-anchor="end">{kmax}</text>'
+            f'<text x="{left + w / 2:.0f}" y="{top + h + 26}" text-anchor="middle">sites raised (k, log scale); '
             f'y: worst gate margin</text>{dots}</svg>')
 
 
