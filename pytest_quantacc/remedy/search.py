@@ -278,21 +278,41 @@ def harmful(a: Attempt, cos: float | None, rmse: float | None, accuracy: Accurac
 
 
 class _Costs:
-    """MAC/parameter shares and measured latency of attempts' deployable models, int8 and float measured once."""
+    """MAC/parameter shares and measured latency of attempts' deployable models; the default conversion's and the
+    float model's latency are measured on first use, each attempt's model once."""
 
     def __init__(self, trial: _Trial) -> None:
-        art = trial.art
-        sample = next(iter(trial.evals))
-        self.threads, self.sample = trial.threads, sample
-        self.nodes = node_costs(trial.float_model, {k: v.shape for k, v in sample.items()})
-        self.int8_ms = latency_ms(art.fixed_model, sample, LATENCY_RUNS, trial.threads)
-        self.float_ms = latency_ms(art.float_model, sample, LATENCY_RUNS, trial.threads)
+        self.trial = trial
+        self.known: dict[str, dict] = {}
+        self.base: tuple[dict, list, float, float] | None = None
 
     def of(self, model: str) -> dict:
-        path = Path(model)
-        bits = precisions(onnx.load(str(path), load_external_data=False))
-        lat = Latency(latency_ms(path, self.sample, LATENCY_RUNS, self.threads), self.int8_ms, self.float_ms)
-        return cost_json(shares_of(self.nodes, bits), lat)
+        if model not in self.known:
+            trial = self.trial
+            if self.base is None:
+                sample = next(iter(trial.evals))
+                self.base = (sample, node_costs(trial.float_model, {k: v.shape for k, v in sample.items()}),
+                             latency_ms(trial.art.fixed_model, sample, LATENCY_RUNS, trial.threads),
+                             latency_ms(trial.art.float_model, sample, LATENCY_RUNS, trial.threads))
+            sample, nodes, int8_ms, float_ms = self.base
+            path = Path(model)
+            bits = precisions(onnx.load(str(path), load_external_data=False))
+            lat = Latency(latency_ms(path, sample, LATENCY_RUNS, trial.threads), int8_ms, float_ms)
+            self.known[model] = cost_json(shares_of(nodes, bits), lat)
+        return self.known[model]
+
+
+MEANINGFUL_MS = 1.0  # below this float latency, batch-1 timings are per-run overhead: no decision is taken on them
+
+
+def _slower_than_float(costs: _Costs, a: Attempt) -> bool:
+    """Whether an attempt's deployable model measures slower than the float model, on a model whose float run
+    takes at least MEANINGFUL_MS (False when unmeasurable)."""
+    try:
+        c = costs.of(a.model) if a.model else {}
+    except Exception:  # a model ORT cannot optimize still has a verdict; its latency is unknown
+        return False
+    return bool(c.get("slower_than_float")) and c.get("latency_float_ms", 0.0) >= MEANINGFUL_MS
 
 
 LATENCY_RUNS = 10  # median of this many batch-1 runs per model (after warm-up)
@@ -341,6 +361,11 @@ def search_line(d: Diagnosis) -> str:
              f"{s.get('total_seconds', 0.0):.1f} s (switchboard {s.get('switchboard_seconds', 0.0):.1f} s, "
              f"re-conversions "
              f"{s.get('attempts_seconds', 0.0):.1f} s)"]
+    alt = s.get("alternative")
+    if alt:
+        parts.append(f"int16 set slower than float, so a float set was searched too: {len(alt.get('chosen') or ())} "
+                     f"sites" + ("" if alt.get("found") else " (none found)") + (
+                         "" if alt.get("verified", True) else " (failed verification)"))
     if d.cost and "latency_ms" in d.cost:
         parts.append(f"offered: {_cost_line(d.cost)}")
     harm = [a.label for a in d.attempts if a.harmful]
@@ -452,6 +477,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                    f"and zero point): its precision is set on {where.producer}")
     why += explain(stats)
     remedy, tried, mixed, cut, board_seconds = None, [], None, [], 0.0
+    costs = _Costs(trial)  # int8 and float latency measured on first use, each model's once
     foreign = result.spec.quantized  # another tool's quantized model: nothing here can re-quantize it
     if attempts > 0 and foreign is None:
         roots = tuple(r.layer for r in d.roots)
@@ -485,6 +511,22 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                     tried.append(b)
                     in_float.search["verified"] = b.passes
                     mixed, a = in_float, b
+            elif a.passes and mixed.search["level"] == "int16" and len(tried) < attempts and (
+                    deadline is None or time.monotonic() < deadline) and _slower_than_float(costs, a):
+                # 16-bit kernels are no integer kernels on this CPU: the verified int16 set runs slower than the
+                # float model, so a set left in float may deploy cheaper. Both are measured and ranked by cost.
+                t_float = time.perf_counter()
+                with timed(progress, "remedy search: a set left in float (the int16 set is slower than float)"):
+                    other = board.find(FLOAT)
+                board_seconds += time.perf_counter() - t_float
+                cut += [c for c in other.search["cut"] if c not in cut]
+                alternative = {k: other.search.get(k) for k in ("level", "chosen", "evaluations", "checks", "found")}
+                if other.patch is not None:
+                    with timed(progress, f"remedy: verifying {other.label}"):
+                        b = trial.run(other.label, other.patch)
+                    tried.append(b)
+                    alternative["verified"] = b.passes
+                mixed.search["alternative"] = alternative
             q = trial.mspec.quantization
             # A whole-model int8 setting is cheaper than any 16-bit set when it passes: worth one conversion
             # when the set raises weights (what per-channel scales address).
@@ -500,7 +542,6 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     t_cost = time.perf_counter()
     if tried:
         try:
-            costs = _Costs(trial)
             tried = [replace(a, cost=costs.of(a.model)) if a.model else a for a in tried]
         except Exception as exc:  # a model ORT cannot optimize still has a verdict; its latency is unknown
             cut.append(f"latency not measured: {type(exc).__name__}: {str(exc).strip()[:200]}")
