@@ -41,6 +41,11 @@ def _diagnosis(rep: dict) -> dict | None:
     return comp.get("diagnosis") if comp else None
 
 
+def _accuracy(attempt: dict) -> str:
+    value = attempt.get("accuracy")
+    return "" if value is None else f", accuracy {value:.4f}"
+
+
 def bench(spec: Path, out: Path, extra: list[str]) -> str:
     name = spec.parent.name
     base = out / name
@@ -59,18 +64,29 @@ def bench(spec: Path, out: Path, extra: list[str]) -> str:
              f"| remedies on, warm re-run | {warm['wall']:.1f} | {warm['cpu']:.1f} | {warm['rss_mb']:.0f} |", ""]
     if s:
         wd = _diagnosis(warm) or {}
-        lines += [f"- search: {s.get('ranked')}/{s.get('sites')} sites ranked on {s.get('samples')} samples, "
-                  f"{s.get('evaluations')} set evaluations, {s.get('runs')} switchboard runs; switchboard "
-                  f"{s.get('seconds')} s (inference {s.get('inference_seconds')} s), re-conversions "
-                  f"{s.get('attempts_seconds')} s, latency measurement {s.get('cost_seconds')} s, deepen total "
-                  f"{s.get('total_seconds')} s; cut: {s.get('cut') or 'nothing'}",
-                  f"- set found ({s.get('level')}): {[x['site'] for x in s.get('chosen', ())]}, verified: "
-                  f"{s.get('verified')}",
+        first, alt = s.get("first") or {}, s.get("alternative") or {}
+        lines += [f"- ratios: cold run / evaluation {cold['wall'] / off['wall']:.2f} (wall), "
+                  f"{cold['cpu'] / max(off['cpu'], 1e-9):.2f} (CPU); peak RSS {cold['rss_mb'] / off['rss_mb']:.2f}; "
+                  f"warm re-run / evaluation {warm['wall'] / off['wall']:.2f}",
+                  f"- search: {s.get('ranked')}/{s.get('sites')} sites ranked on {s.get('samples')} samples "
+                  f"({s.get('ranking_seconds')} s), {s.get('watched')} layers watched, "
+                  f"{s.get('evaluations', 0) + first.get('evaluations', 0) + (alt.get('evaluations') or 0)} set "
+                  f"evaluations, {s.get('runs')} switchboard runs; switchboard {s.get('switchboard_seconds')} s "
+                  f"(inference {s.get('inference_seconds')} s), re-conversions {s.get('attempts_seconds')} s, latency "
+                  f"measurement {s.get('cost_seconds')} s, deepen total {s.get('total_seconds')} s; checks "
+                  f"{first.get('checks', [])} then {s.get('checks')}; cut: {s.get('cut') or 'nothing'}",
+                  f"- set found ({s.get('level')}): {len(s.get('chosen', ()))} sites "
+                  f"{[x['site'] for x in s.get('chosen', ())][:8]}, verified: {s.get('verified')}"
+                  + (f"; before it at {first.get('level')}: {len(first.get('chosen') or ())} sites, verified "
+                     f"{first.get('verified')}" if first else "")
+                  + (f"; float alternative: {len(alt.get('chosen') or ())} sites, verified {alt.get('verified')}"
+                     if alt else ""),
                   f"- offered remedy: {d.get('remedy')}",
                   f"- its cost: {c.get('shares')}, latency {c.get('latency_ms')} ms vs int8 {c.get('latency_int8_ms')}"
                   f" ms, float {c.get('latency_float_ms')} ms, slower than float: {c.get('slower_than_float')}",
                   "- attempts: " + "; ".join(f"{a['label']} -> {'pass' if a['passes'] else 'fail'}"
                                              f"{' HARMFUL' if a.get('harmful') else ''}"
+                                             f"{_accuracy(a)}"
                                              f" ({a['seconds']} s, {(a.get('cost') or {}).get('latency_ms')} ms)"
                                              for a in d.get("remedy_attempts", ())),
                   f"- warm re-run: search cache {(wd.get('search') or {}).get('cache')}"]
