@@ -564,7 +564,10 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
     if remedy is not None:
         # What was measured supersedes the generic hints.
         cos = "-" if remedy.outputs_cos is None else f"{remedy.outputs_cos:.4f}"
-        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {cos}); "
+        task = "" if remedy.accuracy is None or accuracy is None else (
+            f"; task accuracy {remedy.accuracy:.4g} (float {accuracy.float_value:.4g}, default conversion "
+            f"{accuracy.offline_value:.4g})")
+        todo = [f"verified: {remedy.label} makes every layer pass (outputs cos {cos}{task}); "
                 f"paste into the model entry:\n" + _indent(patch_yaml(remedy.patch), 6)]
         if remedy.cost and "latency_ms" in remedy.cost:
             todo.append(f"cost: {_cost_line(remedy.cost)}")

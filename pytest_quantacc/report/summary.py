@@ -56,7 +56,7 @@ def model_summary(result: ModelResult, status: Status | None = None) -> str:
             note = inherited_note(c)
             if note is not None:
                 lines.append(f"    {note}")
-            if c.diagnosis.remedy is not None:
+            if c.diagnosis.remedy is not None and not any(t.startswith("verified:") for t in c.diagnosis.todo):
                 lines.append(f"    verified remedy ({len(c.diagnosis.attempts)} tried): quantization: "
                              + json.dumps(c.diagnosis.remedy, separators=(", ", ": ")).replace('"', ""))
             if c.diagnosis.search is not None:
