@@ -112,6 +112,7 @@ class MixedSearch:
         self.cut: list[str] = []
         self.rows: tuple[dict, ...] = ()
         self.problem: str | None = None
+        self._released: tuple[list[dict], bool] | None = None  # the board's samples and kind while released
         self.float_full = onnx.load(float_model)  # with the weights: 16-bit weights are re-quantized from them
         fixed_full = self._fixed = onnx.load(fixed_model)
         self._threads, self._data_dir, self._runs, self._seconds = threads, data_dir, 0, 0.0
@@ -170,7 +171,7 @@ class MixedSearch:
         """A small set of sites at ``level`` that passes every gate on the search samples and, within
         CHECK_ROUNDS, on every evaluation sample the board checked; its patch and label (None: none found)."""
         t0 = time.perf_counter()
-        if self.board is None:
+        if self.board is None and self._released is None:
             return Mixed((), None, None, self._account(level, None, 0, [], t0, [self.problem]))
         self._use(wide=level == INT16)
         board, cut = self.board, list(self.cut)
@@ -222,14 +223,27 @@ class MixedSearch:
         return Mixed(self.rows, spec_patch(self.mspec.quantization, [k for ks in per_site for k in ks]), label,
                      account)
 
+    def release(self) -> None:
+        """Free the session while a re-conversion verifies a set (the session is the search's largest memory,
+        and the verification would hold it beside its own); ``find`` builds it again when it is needed."""
+        if self.board is not None:
+            self._released = (self.board.samples, self.board.wide)
+            self._runs, self._seconds = self._runs + self.board.runs, self._seconds + self.board.seconds
+            self.board = self.gates = None
+
     def _use(self, wide: bool) -> None:
         """The board with (int16 search) or without 16-bit branches, on the samples searched so far; one board
         at a time, so the session's memory is held once."""
-        if self.board.wide == wide or (self.board.wide and self._few):  # a small model keeps its one board
-            return
-        samples = self.board.samples
-        self._runs, self._seconds = self._runs + self.board.runs, self._seconds + self.board.seconds
-        self.board = self.gates = None
+        if self.board is None:  # released: rebuilt on the samples it had
+            samples, was_wide = self._released
+            wide = wide or (was_wide and self._few)
+            self._released = None
+        else:
+            if self.board.wide == wide or (self.board.wide and self._few):  # a small model keeps its one board
+                return
+            samples = self.board.samples
+            self._runs, self._seconds = self._runs + self.board.runs, self._seconds + self.board.seconds
+            self.board = self.gates = None
         self.board = Switchboard(self.float_full, self._fixed, samples, threads=self._threads, data_dir=self._data_dir,
                                  tensors=self._tensors, wide=wide)
         self.gates = Gates(self.board, self._layers, self.mspec, self.float_full)

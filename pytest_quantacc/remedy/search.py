@@ -46,7 +46,7 @@ from .settings import Knob, apply_patch, spec_patch
 DEFAULT_ATTEMPTS = 8
 
 
-_CACHE_BYTES = 256 << 20  # float outputs kept in memory across attempts up to this size
+_CACHE_BYTES = 64 << 20  # float outputs kept in memory across attempts up to this size
 
 
 def _slug(label: str) -> str:
@@ -495,6 +495,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
         cut += mixed.search["cut"]
         board_seconds = time.perf_counter() - t_board
         if mixed.patch is not None:
+            board.release()
             with timed(progress, f"remedy: verifying {mixed.label}"):
                 a = trial.run(mixed.label, mixed.patch)
             tried.append(a)
@@ -508,6 +509,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                 board_seconds += time.perf_counter() - t_float
                 cut += [c for c in in_float.search["cut"] if c not in cut]
                 if in_float.patch is not None:
+                    board.release()
                     with timed(progress, f"remedy: verifying {in_float.label}"):
                         b = trial.run(in_float.label, in_float.patch)
                     tried.append(b)
@@ -524,6 +526,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                 cut += [c for c in other.search["cut"] if c not in cut]
                 alternative = {k: other.search.get(k) for k in ("level", "chosen", "evaluations", "checks", "found")}
                 if other.patch is not None:
+                    board.release()
                     with timed(progress, f"remedy: verifying {other.label}"):
                         b = trial.run(other.label, other.patch)
                     tried.append(b)
@@ -537,6 +540,7 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                     deadline is None or time.monotonic() < deadline):
                 with timed(progress, "remedy: verifying per-channel weights"):
                     tried.append(trial.run("per-channel weights", {"per_channel": True}))
+        board.release()  # the whole-model attempts and the latency runs do not need it
         passing = [a for a in tried if a.passes]
         if not passing and len(tried) < attempts:
             _, more = search(trial, d, where, stats, attempts - len(tried), deadline, cut, progress)
