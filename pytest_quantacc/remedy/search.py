@@ -583,10 +583,11 @@ def _deepen(result: ModelResult, fixed: Comparison, threads: int, attempts: int,
                        f"(first diverging layer {best.first_diverging_layer}, outputs cos "
                        f"{'-' if best.outputs_cos is None else f'{best.outputs_cos:.4f}'})")
     harm = [a.label for a in tried if a.harmful]
-    if harm:
-        todo.append(f"harmful (outputs worse than the default conversion): {'; '.join(harm)}")
-    if cut:
-        todo.append("cut: " + "; ".join(cut))
+    if mixed is None:  # otherwise the summary's search line says both, once
+        if harm:
+            todo.append(f"harmful (outputs worse than the default conversion): {'; '.join(harm)}")
+        if cut:
+            todo.append("cut: " + "; ".join(cut))
     account = None
     if mixed is not None:
         account = {**mixed.search, "cut": cut, "cache": "computed", "time_budget": remedy_time,
