@@ -3,7 +3,8 @@
 The predicate is any callable over a set of site indices returning ``(passes, score)`` (higher score is
 better), so the same search runs against the switchboard's outputs here and against the real gates later.
 Steps: greedy in sensitivity order, re-ranking the remaining candidates by their measured gain when a step
-does not improve the score; when greedy has not passed within its step limit, bisection over k on the order
+does not improve the score (greedy stops when no re-ranked candidate improves it either: the error is spread
+over many sites); when greedy has not passed within its step limit, bisection over k on the order
 it leaves (smallest passing prefix); then a pruning pass that drops every site the rest does not need (a
 large set by halves, split further only where a half cannot go, so sets of hundreds do not cost one
 evaluation per site).
@@ -99,6 +100,8 @@ def search(ranking: Sequence[int], predicate: Predicate, budget: int | None = No
                 gains = {c: ev([*chosen, c]) for c in rest[:window]}
                 rest = sorted(rest[:window], key=lambda c: -gains[c][1]) + rest[window:]
                 passes, score = gains[rest[0]]
+                if score <= best and not passes:
+                    break  # no single site helps (errors that add up): bisection finds how many are needed
             chosen.append(rest.pop(0))
             best = max(best, score)
             if passes:
