@@ -151,6 +151,7 @@ def test_a_set_left_in_float_when_16_bits_cannot_help(tmp_path):
     s = d.search
     assert s["first"]["level"] == "int16" and s["first"]["chosen"] == []  # not even every site at 16 bits passes
     assert s["level"] == "float" and [x["node"] for x in s["chosen"]] == ["head_concat"]
+    assert s["evaluations"] + s["first"]["evaluations"] <= 3  # the int16 ceiling fails: no int16 search at all
     offered = next(a for a in d.attempts if a.patch == d.remedy)
     assert offered.passes and offered.patch == {"exclude_nodes": ["head_concat"]}
     fixed = onnx.load(offered.model)
@@ -243,7 +244,8 @@ def test_under_the_own_gate_a_remedy_is_verified_on_own_error(tmp_path):
     offered = next(a for a in d.attempts if a.patch == d.remedy)
     assert offered.passes
     # The roots' own sites only (their weights, the inputs they read), where accumulated judging needed 44.
-    assert {x["node"] for x in d.search["chosen"]} <= {"conv13", "conv14", "conv25", "conv26"}
+    assert {x["site"] for x in d.search["chosen"]} == {"conv14_w", "conv26_w", "conv13_out", "conv25_out"}
+    assert d.search["evaluations"] <= 40
     patched = replace(mspec, quantization=apply_patch(mspec.quantization, d.remedy))
     again = evaluate_model(patched, tmp_path / "verify").comparison("float", "fixed")
     assert [r.layer.name for r in again.layers if r.status == "failed"] == []
