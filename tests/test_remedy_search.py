@@ -257,7 +257,7 @@ def test_own_error_on_the_switchboard_equals_the_evaluations_own_error_pass(tmp_
     own-error pass (fixed.onnx rewired to read float values), on the default conversion of the deep stack."""
     from verdict_models import deep_stack
 
-    from pytest_quantacc.remedy.minimal import Gates
+    from pytest_quantacc.remedy.gates import Gates
     from pytest_quantacc.remedy.sensitivity import Switchboard
 
     vm = deep_stack(tmp_path / "m")

@@ -89,7 +89,7 @@ def test_judging_only_the_reached_layers_gives_the_full_verdict(tmp_path):
     from conftest import write_spec
     from pytest_quantacc import evaluate_model, load_spec
     from pytest_quantacc.graph.match import match_layers
-    from pytest_quantacc.remedy.minimal import Gates
+    from pytest_quantacc.remedy.gates import Gates
     from pytest_quantacc.remedy.sensitivity import INT8, INT16
 
     vm = detection_head(tmp_path / "m")

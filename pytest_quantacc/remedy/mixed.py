@@ -21,7 +21,8 @@ import onnx
 from ..engine.results import FAILED, PASSED, LayerResult
 from ..graph.structure import consumers
 from ..spec.model import ModelSpec
-from .minimal import Gates, extend, layer_margin
+from .gates import Gates, layer_margin
+from .minimal import extend
 from .minimal import search as minimal_search
 from .sensitivity import FLOAT, INT8, INT16, NotSwitchable, QuantSite, Switchboard, find_sites, local_errors, rank
 from .settings import Knob, spec_patch
@@ -101,7 +102,7 @@ class MixedSearch:
     ``samples`` first evaluation samples rank the sites and judge candidate sets; ``evals`` (all of them) check
     a found set. Sites that write the diagnosis' ``roots`` (layers whose own error breaks) are measured first.
     Graph inputs have no node to set a precision on and are not candidates. Candidates are judged by the real
-    gates (minimal.Gates). Past ``deadline`` (``time.monotonic()``) measuring and searching stop, said in ``cut``.
+    gates (gates.Gates). Past ``deadline`` (``time.monotonic()``) measuring and searching stop, said in ``cut``.
     """
 
     def __init__(self, float_model: str, fixed_model: str, data_dir, mspec: ModelSpec,
