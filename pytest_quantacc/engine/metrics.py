@@ -8,6 +8,7 @@ with the number of samples.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,22 +21,32 @@ NAMES = ("cos", "rmse", "mse", "sqnr_db", "max_abs")
 _WORSE_IS_LOWER = {"cos": True, "rmse": False, "mse": False, "sqnr_db": True, "max_abs": False}
 
 
-_CHUNK = 65536  # elements per block: three float64 blocks stay in a core's cache
+_CHUNK = 65536  # elements per block: the float64 blocks stay in a core's cache
+_BLOCKS = threading.local()  # per thread (metrics run beside model runs): four float64 blocks, reused
 
 
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
+def _blocks() -> np.ndarray:
+    blocks = getattr(_BLOCKS, "arrays", None)
+    if blocks is None:
+        blocks = _BLOCKS.arrays = np.empty((4, _CHUNK), np.float64)
+    return blocks
+
+
+def _dot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> float:
     """Sum of products by numpy's pairwise summation, not BLAS: BLAS splits the sum across its own threads,
     so the last bits would depend on the machine's core count (and OpenBLAS threads fighting ONNX Runtime's
-    thread pool made a 150k-element dot product 50x slower on a 2-core machine)."""
-    return float(np.sum(a * b))
+    thread pool made a 150k-element dot product 50x slower on a 2-core machine). The products go to ``out``."""
+    return float(np.multiply(a, b, out=out).sum())
 
 
 def tensor_metrics(f: np.ndarray, q: np.ndarray) -> dict[str, float]:
     """cos, relative rmse, mse, sqnr_db and max_abs of target ``q`` against reference ``f`` (one sample).
 
-    The tensors are walked in cache-sized blocks, each cast to float64 once: converting whole activations
-    to float64 first made this function several times slower than running the model (memory traffic),
-    while float32 accumulation loses the digits that separate cos 0.9999 from 0.999.
+    The tensors are walked in cache-sized blocks, each cast to float64 once into per-thread blocks that are
+    reused: converting whole activations to float64 first made this function several times slower than
+    running the model (memory traffic), and allocating the blocks anew per call cost 5x on 20k-200k-element
+    tensors (the allocator returned them to the system and took page faults each time), while float32
+    accumulation loses the digits that separate cos 0.9999 from 0.999.
     """
     f = np.asarray(f).reshape(-1)
     q = np.asarray(q).reshape(-1)
@@ -44,14 +55,17 @@ def tensor_metrics(f: np.ndarray, q: np.ndarray) -> dict[str, float]:
     if f.size == 0:
         return {"cos": 1.0, "rmse": 0.0, "mse": 0.0, "sqnr_db": math.inf, "max_abs": 0.0}
     ff = qq = fq = dd = max_abs = 0.0
+    blocks = _blocks()
     for start in range(0, f.size, _CHUNK):
-        a = f[start:start + _CHUNK].astype(np.float64)
-        b = q[start:start + _CHUNK].astype(np.float64)
-        d = np.subtract(b, a)
-        ff += _dot(a, a)
-        qq += _dot(b, b)
-        fq += _dot(a, b)
-        dd += _dot(d, d)
+        n = min(_CHUNK, f.size - start)
+        a, b, d, t = blocks[0, :n], blocks[1, :n], blocks[2, :n], blocks[3, :n]
+        np.copyto(a, f[start:start + n], casting="unsafe")
+        np.copyto(b, q[start:start + n], casting="unsafe")
+        np.subtract(b, a, out=d)
+        ff += _dot(a, a, t)
+        qq += _dot(b, b, t)
+        fq += _dot(a, b, t)
+        dd += _dot(d, d, t)
         max_abs = max(max_abs, float(np.abs(d, out=d).max()))
     if ff == 0.0 and qq == 0.0:
         cos = 1.0
