@@ -147,3 +147,28 @@ def test_readme_snippet_gets_the_functions_even_after_the_engine_was_imported():
             "print(callable(evaluate), callable(evaluate_model), callable(load_spec))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["True", "True", "True"]
+
+
+def test_an_output_left_in_float_is_still_compared(tmp_path, zoo_models):
+    """healthy_cnn with its last node fc excluded: fc's output has no Q/DQ, yet it carries the error of every
+    quantized layer before it, so it is compared; its metrics against an independent numpy computation."""
+    zm = zoo_models["healthy_cnn"]
+    result = run(tmp_path, "fc_float", zm, quantization={"exclude_nodes": ["fc"]})
+    fx = result.comparison("float", "fixed")
+    out = onnx.load(str(result.artifacts.float_model)).graph.output[0].name
+    r = fx.get(out)
+    assert r.status != "skipped" and r.layer.quant_tensor is None and r.summary is not None
+    fixed = onnx.load(str(result.artifacts.fixed_model))
+    assert not [n for n in fixed.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == out]
+    images = np.load(zm.eval)[next(iter(np.load(zm.eval).files))]
+    name = onnx.load(str(zm.model)).graph.input[0].name
+    f_run = Runner(result.artifacts.float_model, [], optimize=False)
+    q_run = Runner(result.artifacts.fixed_model, [], optimize=False)
+    coss, rmses = [], []
+    for x in images:
+        f = f_run.run({name: x[None] if x.ndim == 3 else x})[out].astype(np.float64).ravel()
+        q = q_run.run({name: x[None] if x.ndim == 3 else x})[out].astype(np.float64).ravel()
+        coss.append(f @ q / np.sqrt((f @ f) * (q @ q)))
+        rmses.append(np.sqrt(np.mean((q - f) ** 2)) / np.sqrt(np.mean(f ** 2)))
+    assert r.summary["cos"] == pytest.approx(np.mean(coss), abs=1e-9)
+    assert r.summary["rmse"] == pytest.approx(np.mean(rmses), abs=1e-9)

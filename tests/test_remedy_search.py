@@ -16,6 +16,7 @@ from verdict_models import detection_head
 
 from conftest import write_spec
 from pytest_quantacc import evaluate_model, load_spec
+from pytest_quantacc.convert.prepare import PreparedModel
 from pytest_quantacc.remedy.search import deepen
 from pytest_quantacc.remedy.settings import apply_patch
 from pytest_quantacc.report.jsonreport import model_json
@@ -199,7 +200,6 @@ def test_attempts_are_scored_on_the_task_with_an_accuracy_gate(tmp_path):
     the float accuracy within max_drop; harm follows the rule (more than half of max_drop below the default)."""
     from pathlib import Path
 
-    from pytest_quantacc.convert.prepare import PreparedModel
     from pytest_quantacc.engine.accuracy import task_accuracy
     from pytest_quantacc.remedy.search import harmful
 
@@ -277,3 +277,36 @@ def test_own_error_on_the_switchboard_equals_the_evaluations_own_error_pass(tmp_
         got = own[r.layer.tensor]
         assert got["cos"] == pytest.approx(r.own["cos"], abs=1e-6), r.layer.name
         assert got["rmse"] == pytest.approx(r.own["rmse"], rel=1e-5, abs=1e-7), r.layer.name
+
+
+def test_a_released_session_is_rebuilt_with_the_same_result(tmp_path):
+    """MixedSearch frees its session while a re-conversion runs; the next level's search rebuilds it on the
+    samples it had and finds the same set as a search that never released it."""
+    from pytest_quantacc.remedy.mixed import MixedSearch
+    from pytest_quantacc.remedy.sensitivity import FLOAT, INT16
+
+    entry = chain_entry(tmp_path / "c", "c", [8, 0, 0, 0], [0, 0, 80, 0])
+    mspec = load_spec(write_spec(tmp_path / "c.yaml", [entry])).models[0]
+    result = evaluate_model(mspec, tmp_path / "work")
+    art = result.artifacts
+    prepared = PreparedModel(mspec, art.float_model)
+
+    def searched(release: bool) -> list:
+        ms = MixedSearch(str(art.float_model), str(art.fixed_model), art.workdir, mspec,
+                         result.comparison("float", "fixed").layers, prepared.evaluation, 4, 1, None)
+        found = [ms.find(INT16).patch]
+        if release:
+            ms.release()
+            assert ms.board is None
+        found.append(ms.find(FLOAT).patch)
+        return found
+
+    assert searched(True) == searched(False) and all(searched(False))
+
+
+def test_the_verified_patch_is_printed_once(tmp_path):
+    _, result, d = _deepened(tmp_path, chain_entry(tmp_path / "c", "c", [8, 0, 0, 0], [0, 0, 80, 0]),
+                             use_cache=False)
+    text = model_summary(result)
+    assert d.remedy is not None and "paste into the model entry" in text
+    assert "verified remedy (" not in text  # the one-line JSON repeated the snippet
